@@ -1,0 +1,1 @@
+"""Machinery the stages share: config schema, CLI, Accelerate runtime, data, losses, checkpoints."""

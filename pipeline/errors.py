@@ -1,0 +1,17 @@
+"""The exceptions a user can act on. The CLI prints them in one line, without a traceback."""
+
+
+class TinyDistillError(Exception):
+    """A problem with the user's input (config, data, model) that they can fix."""
+
+
+class ConfigError(TinyDistillError):
+    """A config key is unknown, has the wrong type, or holds an impossible value."""
+
+
+class DataError(TinyDistillError):
+    """A corpus or dataset is missing, empty, or lacks a column the config names."""
+
+
+class ModelError(TinyDistillError):
+    """A model cannot be loaded, or teacher and student do not fit together."""
