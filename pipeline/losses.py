@@ -1,0 +1,117 @@
+"""Distillation losses: pure functions, tensors in, scalar out, masks explicit.
+
+Shapes: B batch, L sequence, D hidden width, H heads, C classes. `token_mask` is (B, L) with 1 for
+real tokens and 0 for padding. Every loss is computed in float32, whatever the inputs' dtype, and is
+exactly 0 when student and teacher inputs are equal.
+
+Masking is by the attention mask, never by thresholds on the values (TinyBERT zeroes scores <= -1e2,
+TextBrewer every score <= -1e-3; both are wrong for some inputs, see the research notes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real tokens: sum_{b,t real} ||s_bt - t_bt||^2 / (n_real_tokens * D).
+
+    Used for the embedding layer (student embeddings through W_e) and for each mapped Transformer
+    layer (student layer m through W_h against teacher layer g(m)). Padding tokens contribute
+    nothing, to the sum or to the count. Shapes: (B, L, D) and (B, L) -> scalar.
+    """
+    squared = (student.float() - teacher.float()).pow(2)
+    mask = token_mask.to(squared.dtype).unsqueeze(-1)
+    count = mask.sum() * squared.shape[-1]
+    return (squared * mask).sum() / count.clamp_min(1.0)
+
+
+def attention_pair_mask(token_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L) boolean mask of (query, key) pairs where both positions are real tokens."""
+    real = token_mask.bool()
+    return (real[:, :, None] & real[:, None, :]).unsqueeze(1)
+
+
+def attention_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """MSE between pre-softmax attention scores QK^T/sqrt(d), per head, averaged over heads.
+
+    sum_{b,h,i,j} [i, j real] (s_bhij - t_bhij)^2 / (H * n_real_pairs), with n_real_pairs =
+    sum_b len_b^2. Padded query rows and padded key columns are both excluded. This is TinyBERT's
+    (1/h) sum_i MSE(A_i^S, A_i^T) (paper eq. 3) with explicit masks. Shapes: (B, H, L, L), (B, L).
+    """
+    pairs = attention_pair_mask(token_mask)
+    squared = (student.float() - teacher.float()).pow(2).masked_fill(~pairs, 0.0)
+    count = pairs.sum() * squared.shape[1]
+    return squared.sum() / count.clamp_min(1)
+
+
+def attention_kl(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions, averaged over heads and real queries.
+
+    Both inputs are pre-softmax scores; the softmax runs over real keys only, so padded keys get
+    probability 0. Per row: sum_j p_t(j) (log p_t(j) - log p_s(j)); the result is the mean over real
+    query rows and heads (nats). Shapes: (B, H, L, L), (B, L) -> scalar.
+    """
+    pairs = attention_pair_mask(token_mask)
+    key_real = token_mask.bool()[:, None, None, :]
+    floor = torch.finfo(torch.float32).min
+    log_p_student = F.log_softmax(student.float().masked_fill(~key_real, floor), dim=-1)
+    log_p_teacher = F.log_softmax(teacher.float().masked_fill(~key_real, floor), dim=-1)
+    pointwise = log_p_teacher.exp() * (log_p_teacher - log_p_student)
+    pointwise = pointwise.masked_fill(~pairs, 0.0)
+    rows = token_mask.sum() * student.shape[1]
+    return pointwise.sum() / rows.clamp_min(1)
+
+
+def average_heads(scores: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, L) -> (B, 1, L, L): the head-averaged map, for teachers and students whose head
+    counts differ (e.g. BERT-large's 16 heads against TinyBERT's 12)."""
+    return scores.mean(dim=1, keepdim=True)
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    scale_by_t2: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft cross-entropy -sum_c softmax(z_T/T)_c log softmax(z_S/T)_c, mean over examples (or tokens).
+
+    Multiplied by T^2 when `scale_by_t2` (Hinton et al. 2015: keeps the gradient scale independent of
+    T). `scale_by_t2=False` gives TinyBERT's form at T=1, except that TinyBERT also divides by the
+    number of classes; we do not. Logits (..., C); `mask` (...) selects real tokens for token tasks.
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    per_item = -(p_teacher * log_p_student).sum(dim=-1)
+    loss = _masked_mean(per_item, mask)
+    return loss * temperature**2 if scale_by_t2 else loss
+
+
+def logits_mse(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Squared distance between logits, sum over classes, mean over examples (Tang et al. 2019):
+    mean_b ||z_S - z_T||^2. Also the regression loss against a teacher's prediction (C = 1)."""
+    per_item = (student_logits.float() - teacher_logits.float()).pow(2).sum(dim=-1)
+    return _masked_mean(per_item, mask)
+
+
+def hard_cross_entropy(
+    student_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    """Ordinary cross-entropy against gold labels, mean over labelled items (ignore_index skipped)."""
+    return F.cross_entropy(
+        student_logits.float().reshape(-1, student_logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=ignore_index,
+    )
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return values.mean()
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)

@@ -1,0 +1,164 @@
+"""Loading teachers, tokenizers and students: hub ids or local directories, checked before compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from pipeline.errors import ModelError
+from pipeline.schema import StudentConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_model_source(name_or_path: str, role: str) -> None:
+    """A clear error for a local path that does not exist, before transformers tries the hub."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ModelError(f"{role} directory {name_or_path} has no config.json (not a saved model)")
+        return
+    # Hub ids look like "name" or "org/name"; anything else is a local path that is missing.
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise ModelError(f"{role} path not found: {name_or_path}")
+
+
+def load_model_config(name_or_path: str, role: str) -> PretrainedConfig:
+    check_model_source(name_or_path, role)
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
+
+
+def load_tokenizer(name_or_path: str, role: str = "tokenizer"):
+    check_model_source(name_or_path, role)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load the {role} of {name_or_path!r}: {_first_line(err)}") from None
+
+
+def load_pretrained(model_class, name_or_path: str, role: str, dtype: torch.dtype | None = None, **kwargs):
+    """`model_class.from_pretrained` with sdpa attention and a one-line error on failure."""
+    check_model_source(name_or_path, role)
+    try:
+        return model_class.from_pretrained(name_or_path, attn_implementation="sdpa", dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
+
+
+def load_teacher(name_or_path: str, dtype: str = "float32", model_class=AutoModel) -> PreTrainedModel:
+    """A frozen teacher in eval mode: no gradients, never wrapped for DDP."""
+    teacher = load_pretrained(model_class, name_or_path, "teacher", dtype=DTYPES[dtype])
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def build_student(cfg: StudentConfig, teacher_config: PretrainedConfig, teacher_source: str,
+                  model_class=AutoModel, **config_overrides) -> PreTrainedModel:
+    """The student the config asks for, with sdpa attention, in float32 for training."""
+    if cfg.init == "checkpoint":
+        student = load_pretrained(model_class, cfg.checkpoint, "student checkpoint", dtype=torch.float32,
+                                  **config_overrides)
+    elif cfg.init == "teacher_layers":
+        student = _student_from_teacher_layers(cfg, teacher_config, teacher_source, model_class, config_overrides)
+    else:
+        student_config = teacher_config.__class__.from_dict(teacher_config.to_dict())
+        for key, value in {**cfg.sizes(), **config_overrides}.items():
+            setattr(student_config, key, value)
+        _apply_dropout(student_config, cfg.dropout)
+        student_config._attn_implementation = "sdpa"
+        student = model_class.from_config(student_config, attn_implementation="sdpa")
+    if cfg.dropout is not None:
+        _apply_dropout(student.config, cfg.dropout)
+        for module in student.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = cfg.dropout
+    return student.float()
+
+
+def _student_from_teacher_layers(cfg, teacher_config, teacher_source, model_class, config_overrides):
+    depth = teacher_config.num_hidden_layers
+    if cfg.copy_teacher_layers is not None:
+        layers = list(cfg.copy_teacher_layers)
+    else:
+        student_depth = cfg.num_hidden_layers or (depth // 2)
+        step = depth // student_depth if student_depth else 0
+        if student_depth < 1 or step < 1:
+            raise ModelError(f"cannot pick {student_depth} layers from a {depth}-layer teacher")
+        layers = [step * m for m in range(1, student_depth + 1)]
+    bad = [layer for layer in layers if not 1 <= layer <= depth]
+    if bad:
+        raise ModelError(
+            f"student.copy_teacher_layers: teacher layer {bad[0]} is out of range (the teacher has {depth} layers)"
+        )
+    for name in ("hidden_size", "intermediate_size", "num_attention_heads"):
+        wanted = getattr(cfg, name)
+        if wanted is not None and wanted != getattr(teacher_config, name):
+            raise ModelError(
+                f"student.{name}: init teacher_layers copies the teacher's width, so {name} must equal "
+                f"the teacher's {getattr(teacher_config, name)} (got {wanted})"
+            )
+    teacher = load_pretrained(model_class, teacher_source, "teacher", dtype=torch.float32, **config_overrides)
+    student_config = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    student_config.num_hidden_layers = len(layers)
+    student_config._attn_implementation = "sdpa"
+    student = model_class.from_config(student_config, attn_implementation="sdpa")
+    state = teacher.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if "layer" in parts:
+            at = parts.index("layer")
+            if at + 1 < len(parts) and parts[at + 1].isdigit() and parts[at - 1] == "encoder":
+                teacher_index = int(parts[at + 1]) + 1
+                if teacher_index not in layers:
+                    continue
+                parts[at + 1] = str(layers.index(teacher_index))
+        renamed[".".join(parts)] = value
+    missing, _unexpected = student.load_state_dict(renamed, strict=False)
+    encoder_missing = [k for k in missing if ".encoder." in f".{k}"]
+    if encoder_missing:
+        raise ModelError(f"copying teacher layers left encoder weights unset, e.g. {encoder_missing[0]}")
+    return student
+
+
+def _apply_dropout(config: PretrainedConfig, dropout: float | None) -> None:
+    if dropout is None:
+        return
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if hasattr(config, name):
+            setattr(config, name, dropout)
+
+
+def check_teacher_student_fit(teacher_config: PretrainedConfig, student_config: PretrainedConfig,
+                              attention_weight: float, attention_heads: str, max_seq_len: int) -> None:
+    """Fail before compute when teacher and student cannot be distilled against each other."""
+    if teacher_config.vocab_size != student_config.vocab_size:
+        raise ModelError(
+            f"teacher vocabulary has {teacher_config.vocab_size} entries, student {student_config.vocab_size}: "
+            "both must read the same token ids"
+        )
+    t_heads, s_heads = teacher_config.num_attention_heads, student_config.num_attention_heads
+    if attention_weight > 0 and attention_heads == "per_head" and t_heads != s_heads:
+        raise ModelError(
+            f"teacher has {t_heads} attention heads, student {s_heads}: per-head attention loss needs equal "
+            "counts; set loss.attention_heads: average (head-averaged maps) or loss.attention: 0"
+        )
+    for role, config in (("teacher", teacher_config), ("student", student_config)):
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and max_seq_len > limit:
+            raise ModelError(f"max_seq_len {max_seq_len} exceeds the {role}'s max_position_embeddings {limit}")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

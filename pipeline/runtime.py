@@ -1,0 +1,164 @@
+"""The Accelerate runtime the training stages share: devices, optimiser, schedule, state, logs, checkpoints.
+
+Accelerate does devices, DDP, mixed precision, gradient accumulation and `save_state`/`load_state`;
+this module only composes them. One process, many GPUs or many nodes (`accelerate launch`,
+`torchrun`) run the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.checkpoints import checkpoint_paths, finalize_checkpoint, read_json, write_json
+from pipeline.schema import TrainConfig
+
+
+def make_accelerator(train: TrainConfig, output_dir: str | Path) -> Accelerator:
+    accelerator = Accelerator(
+        mixed_precision=train.mixed_precision,
+        gradient_accumulation_steps=train.grad_accum,
+        log_with="tensorboard" if train.tensorboard else None,
+        project_dir=str(output_dir),
+    )
+    set_seed(train.seed, device_specific=False)
+    return accelerator
+
+
+def build_optimizer(parameters: list[tuple[str, nn.Parameter]], train: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not biases or LayerNorm), as in BERT."""
+    decay, no_decay = [], []
+    for name, param in parameters:
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.adam_betas, eps=train.adam_eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int):
+    """Linear warmup over warmup_ratio of the steps, then linear decay to 0 (or constant)."""
+    warmup = int(total_steps * train.warmup_ratio)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if train.schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class TrainState:
+    """Where a run is. Saved with every checkpoint; `epoch` and `batches_in_epoch` are this rank's
+    data position (ranks step in lockstep, so they agree unless shards have different lengths)."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    samples_seen: int = 0
+    tokens_seen: int = 0
+
+    def save(self, directory: Path, rank: int) -> None:
+        write_json(directory / f"train_state_rank{rank}.json", asdict(self))
+        if rank == 0:
+            write_json(directory / "train_state.json", asdict(self))
+
+    @classmethod
+    def load(cls, directory: Path, rank: int) -> TrainState:
+        own = directory / f"train_state_rank{rank}.json"
+        return cls(**read_json(own if own.is_file() else directory / "train_state.json"))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainState, keep: int) -> Path:
+    """All ranks write accelerate state + their data position into a temp dir; rank 0 renames it."""
+    tmp, final = checkpoint_paths(output_dir, state.step)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    state.save(tmp, accelerator.process_index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        finalize_checkpoint(tmp, final, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> TrainState:
+    accelerator.load_state(str(checkpoint))
+    return TrainState.load(checkpoint, accelerator.process_index)
+
+
+class RunLog:
+    """JSONL log (and TensorBoard when asked) on the main process, plus a tqdm bar with tokens/s and ETA."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, total_steps: int, start_step: int,
+                 show_bar: bool, description: str):
+        self.accelerator = accelerator
+        self.path = output_dir / "train_log.jsonl"
+        self.main = accelerator.is_main_process
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=description, unit="step",
+                        disable=not (self.main and show_bar), dynamic_ncols=True)
+        self.window_start = time.perf_counter()
+        self.window_tokens = 0
+
+    def header(self, facts: dict) -> None:
+        if self.main:
+            tqdm.write(" | ".join(f"{k}: {v}" for k, v in facts.items()))
+            self._append({"event": "start", **facts})
+
+    def step(self, state: TrainState, tokens: int, terms: dict[str, float] | None, lr: float) -> None:
+        """Advance the bar; when `terms` is given (a logging step), write them with throughput."""
+        self.window_tokens += tokens
+        self.bar.update(1)
+        if terms is None:
+            return
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        tokens_per_s = self.window_tokens * self.accelerator.num_processes / elapsed
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+        record = {"step": state.step, "epoch": state.epoch, "lr": lr, **terms, "tokens_per_s": round(tokens_per_s, 1)}
+        if self.main:
+            self.bar.set_postfix(loss=f"{terms.get('loss', float('nan')):.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            self._append(record)
+            if self.accelerator.trackers:
+                self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
+
+    def event(self, name: str, **fields) -> None:
+        if self.main:
+            self._append({"event": name, **fields})
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _append(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def mean_across_processes(accelerator: Accelerator, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average scalar tensors over ranks (one all-reduce) and return floats for logging."""
+    if not values:
+        return {}
+    names = list(values)
+    stacked = torch.stack([values[n].detach().float() for n in names])
+    stacked = accelerator.reduce(stacked, reduction="mean")
+    return {n: float(v) for n, v in zip(names, stacked.tolist())}
+
+
+def steps_for(total_sequences: int, batch_size: int, grad_accum: int, epochs: int) -> int:
+    """Optimiser steps for `epochs` passes over `total_sequences` per rank (partial batches dropped)."""
+    return max(0, (total_sequences // batch_size) // grad_accum) * epochs if total_sequences else 0
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)

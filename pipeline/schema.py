@@ -1,0 +1,171 @@
+"""Config sections shared by the training stages. Defaults live here; presets live in configs/*.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.errors import ConfigError
+
+STUDENT_PRESETS = {
+    # TinyBERT-4 (Jiao et al. 2020): 4 layers, hidden 312, FFN 1200, 12 heads (head dim 26).
+    "tinybert4": {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200, "num_attention_heads": 12},
+    "tinybert6": {"num_hidden_layers": 6, "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+}
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """How the student is made.
+
+    init: `config` (a fresh model: a preset and/or explicit sizes, the teacher's vocabulary),
+    `teacher_layers` (copy the teacher's embeddings and some of its layers, DistilBERT style),
+    `checkpoint` (an earlier tinydistill student, or any saved BERT-like model).
+    """
+
+    init: Literal["config", "teacher_layers", "checkpoint"] = "config"
+    preset: Literal["tinybert4", "tinybert6"] | None = "tinybert4"
+    num_hidden_layers: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    dropout: float | None = None
+    copy_teacher_layers: list[int] | None = None
+    checkpoint: str | None = None
+
+    def __post_init__(self):
+        if self.init == "checkpoint" and not self.checkpoint:
+            raise ConfigError("student.checkpoint: required when student.init is 'checkpoint'")
+        if self.init != "checkpoint" and self.checkpoint:
+            raise ConfigError("student.checkpoint: only used when student.init is 'checkpoint'")
+        if self.copy_teacher_layers is not None and self.init != "teacher_layers":
+            raise ConfigError("student.copy_teacher_layers: only used when student.init is 'teacher_layers'")
+        for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"student.{name}: must be >= 1, got {value}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"student.dropout: must be in [0, 1), got {self.dropout}")
+
+    def sizes(self) -> dict[str, int]:
+        """The architecture sizes for init=config: the preset, overridden by explicit keys."""
+        sizes = dict(STUDENT_PRESETS[self.preset]) if self.preset else {}
+        for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
+            if getattr(self, name) is not None:
+                sizes[name] = getattr(self, name)
+        missing = [n for n in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
+                   if n not in sizes]
+        if missing:
+            raise ConfigError(f"student.{missing[0]}: required when student.preset is null")
+        if sizes["hidden_size"] % sizes["num_attention_heads"]:
+            raise ConfigError(
+                f"student.hidden_size: {sizes['hidden_size']} is not divisible by "
+                f"num_attention_heads {sizes['num_attention_heads']}"
+            )
+        return sizes
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """Student layer -> teacher layer. Uniform by default; or one teacher layer per student layer
+    (`teacher_layers: [3, 6, 9, 12]`), or explicit `[student, teacher]` pairs (partial, many-to-one)."""
+
+    teacher_layers: list[int] | None = None
+    pairs: list[tuple[int, int]] | None = None
+    embeddings: bool = True
+
+    def __post_init__(self):
+        if self.teacher_layers is not None and self.pairs is not None:
+            raise ConfigError("mapping: give either teacher_layers or pairs, not both")
+
+
+@dataclass(frozen=True)
+class IntermediateLossConfig:
+    """Weights of the intermediate-layer terms (0 turns a term off) and how they are computed."""
+
+    embedding: float = 1.0
+    hidden: float = 1.0
+    attention: float = 1.0
+    attention_loss: Literal["mse", "kl"] = "mse"
+    attention_heads: Literal["per_head", "average"] = "per_head"
+    projection: Literal["auto", "linear", "none"] = "auto"
+
+    def __post_init__(self):
+        for name in ("embedding", "hidden", "attention"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name}: weight must be >= 0, got {getattr(self, name)}")
+        if self.embedding == self.hidden == self.attention == 0:
+            raise ConfigError("loss: every weight is 0, nothing would be learned")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and runtime. `batch_size` is per process; the effective batch is
+    batch_size * processes * grad_accum."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-6
+    schedule: Literal["linear", "constant"] = "linear"
+    warmup_ratio: float = 0.1
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_steps: int | None = None
+    epochs: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = 42
+    log_every: int = 10
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    resume_from: str | None = None
+    tensorboard: bool = False
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        positive = ("batch_size", "grad_accum", "epochs", "log_every", "save_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps: must be >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"train.max_grad_norm: must be > 0 or null, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """A raw corpus of any size, read as a stream.
+
+    path: a file, a directory, a glob, or a datasets hub id. Plain text has one sentence or document
+    per line with a blank line between documents; JSONL/CSV/parquet need `text_column`.
+    `packing`: concatenate the lines of a document into full max_seq_len sequences (else truncate
+    each line). Lines that are empty, not UTF-8, or longer than max_line_chars are skipped and counted.
+    """
+
+    path: str
+    format: Literal["auto", "text", "jsonl", "csv", "parquet", "hub"] = "auto"
+    text_column: str = "text"
+    hub_config: str | None = None
+    hub_split: str = "train"
+    max_seq_len: int = 128
+    packing: bool = True
+    shuffle_buffer: int = 10_000
+    max_line_chars: int = 100_000
+
+    def __post_init__(self):
+        if self.max_seq_len < 8:
+            raise ConfigError(f"corpus.max_seq_len: must be >= 8, got {self.max_seq_len}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"corpus.shuffle_buffer: must be >= 0, got {self.shuffle_buffer}")
+
+
+def default_field(factory):
+    """`field(default_factory=...)` for nested config sections."""
+    return field(default_factory=factory)

@@ -1,0 +1,196 @@
+"""Stage one: general distillation of a pretrained teacher into a small student on a raw corpus.
+
+    tinydistill general configs/general_tinybert4_zh.yaml [key=value ...] [--resume] [--overwrite]
+
+Output (`output_dir`): the student in `save_pretrained` format with the tokenizer, its projections
+(`projections.safetensors`), `resolved_config.yaml`, `train_log.jsonl`, `checkpoints/`, and
+`tinydistill_run.json` written last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.capture import capture_attention_scores
+from pipeline.checkpoints import mark_finished, prepare_output_dir, resolve_resume
+from pipeline.config import write_resolved_config
+from pipeline.data import TokenizedCorpus, corpus_batches, resolve_corpus_files
+from pipeline.errors import DataError
+from pipeline.intermediate import (
+    StudentWithProjections,
+    freeze_outside_encoder,
+    intermediate_loss_terms,
+    teacher_features,
+)
+from pipeline.layer_map import build_layer_map
+from pipeline.models import (
+    build_student,
+    check_teacher_student_fit,
+    count_parameters,
+    load_model_config,
+    load_teacher,
+    load_tokenizer,
+)
+from pipeline.projections import Projections, build_projections
+from pipeline.runtime import (
+    RunLog,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    load_checkpoint,
+    make_accelerator,
+    mean_across_processes,
+    save_checkpoint,
+)
+from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig, default_field
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    teacher: str
+    corpus: CorpusConfig
+    output_dir: str
+    student: StudentConfig = default_field(StudentConfig)
+    mapping: MappingConfig = default_field(MappingConfig)
+    loss: IntermediateLossConfig = default_field(IntermediateLossConfig)
+    train: TrainConfig = default_field(TrainConfig)
+    overwrite: bool = False
+
+
+def run_general(cfg: GeneralConfig) -> Path:
+    """Distil `cfg.teacher` into a new student on `cfg.corpus`; returns the output directory."""
+    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    # Everything that can be wrong with the inputs is checked before the teacher is loaded.
+    teacher_config = load_model_config(cfg.teacher, "teacher")
+    tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
+    resolve_corpus_files(cfg.corpus)
+    student = build_student(cfg.student, teacher_config, cfg.teacher)
+    check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
+                              cfg.corpus.max_seq_len)
+    layer_map = build_layer_map(
+        teacher_config.num_hidden_layers, student.config.num_hidden_layers,
+        cfg.mapping.teacher_layers, cfg.mapping.pairs, cfg.mapping.embeddings,
+    )
+    output_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        write_resolved_config(cfg, output_dir)
+    accelerator.wait_for_everyone()
+    resume_checkpoint = resolve_resume(output_dir, cfg.train.resume_from)
+
+    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
+                             cfg.train.seed)
+    total_steps = cfg.train.max_steps or _steps_from_corpus(corpus, cfg, accelerator)
+
+    teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)
+    previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
+    projections = build_projections(student.config.hidden_size, teacher_config.hidden_size,
+                                    layer_map.student_layers, cfg.loss.projection, previous)
+    freeze_outside_encoder(student)
+    model = StudentWithProjections(student, projections)
+    optimizer = build_optimizer(list(model.named_parameters()), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    state = load_checkpoint(accelerator, resume_checkpoint) if resume_checkpoint else TrainState()
+
+    log = RunLog(accelerator, output_dir, total_steps, state.step, cfg.train.progress_bar, "general distillation")
+    log.header({
+        "processes": accelerator.num_processes,
+        "effective_batch": cfg.train.batch_size * accelerator.num_processes * cfg.train.grad_accum,
+        "steps": total_steps,
+        "mapping (student->teacher)": layer_map.describe(),
+        "teacher_params": count_parameters(teacher),
+        "student_params": count_parameters(student),
+        "projection_params": count_parameters(projections),
+        "resumed_from": str(resume_checkpoint) if resume_checkpoint else None,
+    })
+    batches = _batches_from(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+    with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
+            capture_attention_scores(student, layer_map.student_layers) as student_captured:
+        while state.step < total_steps:
+            sums: dict[str, torch.Tensor] = {}
+            tokens = 0
+            for _ in range(cfg.train.grad_accum):
+                epoch, index, batch = next(batches)
+                state.epoch, state.batches_in_epoch = epoch, index + 1
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                mask = batch["attention_mask"]
+                with accelerator.accumulate(model):
+                    teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
+                    projected = model(**batch)
+                    terms = intermediate_loss_terms(projected, dict(student_captured), teacher_hidden,
+                                                    teacher_scores, layer_map, cfg.loss, mask)
+                    accelerator.backward(terms["loss"])
+                    if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach() / cfg.train.grad_accum
+                tokens += int(mask.sum())
+                state.samples_seen += mask.shape[0] * accelerator.num_processes
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            state.step += 1
+            state.tokens_seen += tokens * accelerator.num_processes
+            is_log_step = state.step % cfg.train.log_every == 0 or state.step == total_steps
+            log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
+            if state.step % cfg.train.save_every == 0 or state.step == total_steps:
+                save_checkpoint(accelerator, output_dir, state, cfg.train.keep_checkpoints)
+    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
+    log.close()
+    _save_student(accelerator, model, tokenizer, output_dir, state)
+    return output_dir
+
+
+def _batches_from(corpus: TokenizedCorpus, state: TrainState, batch_size: int, pad_id: int) -> Iterator:
+    """(epoch, index in epoch, batch) forever, starting at the state's data position (exact resume)."""
+    epoch, skip = state.epoch, state.batches_in_epoch
+    while True:
+        corpus.epoch = epoch
+        produced = 0
+        for index, batch in enumerate(corpus_batches(corpus, batch_size, pad_id)):
+            produced += 1
+            if index >= skip:
+                yield epoch, index, batch
+        if produced == 0:
+            raise DataError(
+                f"corpus {corpus.cfg.path} gives this process no full batch of {batch_size} sequences "
+                f"(skipped lines: {corpus.skipped.as_dict() or 'none'})"
+            )
+        epoch, skip = epoch + 1, 0
+
+
+def _steps_from_corpus(corpus: TokenizedCorpus, cfg: GeneralConfig, accelerator) -> int:
+    """Count one epoch's sequences (min over ranks) when train.max_steps is not set."""
+    count = sum(1 for _ in corpus)
+    counts = accelerator.gather(torch.tensor([count], device=accelerator.device))
+    per_rank = int(counts.min())
+    if per_rank == 0:
+        raise DataError(
+            f"corpus {cfg.corpus.path} is empty: no usable text (skipped lines: {corpus.skipped.as_dict() or 'none'})"
+        )
+    steps_per_epoch = (per_rank // cfg.train.batch_size) // cfg.train.grad_accum
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"corpus {cfg.corpus.path} gives {per_rank} sequences per process, fewer than one step of "
+            f"batch_size {cfg.train.batch_size} x grad_accum {cfg.train.grad_accum}"
+        )
+    corpus.skipped.counts.clear()
+    return steps_per_epoch * cfg.train.epochs
+
+
+def _save_student(accelerator, model, tokenizer, output_dir: Path, state: TrainState) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.student.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        unwrapped.projections.save(output_dir)
+        mark_finished(output_dir, {"stage": "general", "steps": state.step, "tokens_seen": state.tokens_seen})
+    accelerator.wait_for_everyone()
