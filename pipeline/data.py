@@ -117,7 +117,7 @@ def open_corpus(cfg: CorpusConfig) -> IterableDataset:
         else:
             delimiter = {"delimiter": "\t"} if files[0].endswith(".tsv") else {}
             stream = load_dataset(fmt, data_files=files, split="train", streaming=True, **delimiter)
-    except Exception as err:  # datasets raises many types for a bad id or file; report it in one line
+    except Exception as err:  # noqa: BLE001 - datasets raises many types for a bad id or file; one line
         raise DataError(f"cannot open corpus {cfg.path}: {str(err).strip().splitlines()[0]}") from None
     columns = stream.column_names
     if columns is not None and cfg.text_column not in columns:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,7 +24,9 @@ from pipeline.schema import TrainConfig
 
 
 def make_accelerator(train: TrainConfig, output_dir: str | Path) -> Accelerator:
+    # Accelerate forms a multi-process CPU world (gloo) under torchrun only when told it is on CPU.
     accelerator = Accelerator(
+        cpu=not has_accelerator_device(),
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum,
         log_with="tensorboard" if train.tensorboard else None,
@@ -32,6 +34,10 @@ def make_accelerator(train: TrainConfig, output_dir: str | Path) -> Accelerator:
     )
     set_seed(train.seed, device_specific=False)
     return accelerator
+
+
+def has_accelerator_device() -> bool:
+    return any(check() for check in (torch.cuda.is_available, is_xpu_available, is_npu_available, is_mps_available))
 
 
 def build_optimizer(parameters: list[tuple[str, nn.Parameter]], train: TrainConfig) -> torch.optim.AdamW:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.errors import ConfigError
@@ -165,7 +165,3 @@ class CorpusConfig:
         if self.shuffle_buffer < 0:
             raise ConfigError(f"corpus.shuffle_buffer: must be >= 0, got {self.shuffle_buffer}")
 
-
-def default_field(factory):
-    """`field(default_factory=...)` for nested config sections."""
-    return field(default_factory=factory)

@@ -10,7 +10,7 @@ Output (`output_dir`): the student in `save_pretrained` format with the tokenize
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ from pipeline.runtime import (
     mean_across_processes,
     save_checkpoint,
 )
-from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig, default_field
+from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,10 @@ class GeneralConfig:
     teacher: str
     corpus: CorpusConfig
     output_dir: str
-    student: StudentConfig = default_field(StudentConfig)
-    mapping: MappingConfig = default_field(MappingConfig)
-    loss: IntermediateLossConfig = default_field(IntermediateLossConfig)
-    train: TrainConfig = default_field(TrainConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    loss: IntermediateLossConfig = field(default_factory=IntermediateLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     overwrite: bool = False
 
 

@@ -1,0 +1,52 @@
+"""`torchrun --nproc_per_node 2` (gloo, CPU) trains the same student as one process with the doubled batch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import CHINESE_SENTENCES
+from safetensors.torch import load_file
+from test_general import general_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _launch(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_match_one_process_with_the_doubled_batch(teacher_dir, tmp_path):
+    # Every line is longer than max_seq_len, so every sequence is full: each rank's loss is a mean over
+    # the same number of tokens and DDP's gradient average equals the one-process mean exactly.
+    lines = [CHINESE_SENTENCES[i % 8] + CHINESE_SENTENCES[(i + 3) % 8] for i in range(64)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def write_config(name, batch_size):
+        config = general_config(teacher_dir, corpus, tmp_path / name,
+                                train={"batch_size": batch_size, "max_steps": 4, "save_every": 100})
+        config["corpus"].update(packing=False, shuffle_buffer=8)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    two = write_config("two_processes", batch_size=4)
+    one = write_config("one_process", batch_size=8)
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+             "-m", "pipeline.cli", "general", str(two)], tmp_path)
+    _launch([sys.executable, "-m", "pipeline.cli", "general", str(one)], tmp_path)
+
+    log = (tmp_path / "two_processes" / "train_log.jsonl").read_text()
+    assert '"processes": 2' in log and '"effective_batch": 8' in log
+    expected = load_file(tmp_path / "one_process" / "model.safetensors")
+    actual = load_file(tmp_path / "two_processes" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-5, msg=name)
+    moved = load_file(tmp_path / "one_process" / "projections.safetensors")["embedding.weight"]
+    assert moved.abs().sum() > 0

@@ -1,0 +1,199 @@
+"""Stage one end to end on tiny random BERTs: losses fall, resume is exact, bad inputs fail clearly."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import pipeline.runtime
+from pipeline.config import from_dict
+from pipeline.errors import ConfigError, DataError, ModelError
+from stages.general import GeneralConfig, run_general
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_STUDENT = {"preset": None, "num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32,
+                "num_attention_heads": 4}
+
+
+def general_config(teacher_dir, corpus, output_dir, **sections) -> dict:
+    config = {
+        "teacher": str(teacher_dir),
+        "corpus": {"path": str(corpus), "max_seq_len": 32, "shuffle_buffer": 16},
+        "output_dir": str(output_dir),
+        "student": dict(TINY_STUDENT),
+        "train": {"batch_size": 4, "max_steps": 12, "log_every": 2, "save_every": 4, "lr": 2e-3,
+                  "warmup_ratio": 0.0, "progress_bar": False},
+    }
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
+    return config
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    lines = (output_dir / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_short_run_lowers_every_loss_term_and_saves_a_loadable_student(teacher_dir, corpus_file, tmp_path):
+    out = tmp_path / "run"
+    cfg = from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, out, train={"max_steps": 40}))
+    assert run_general(cfg) == out
+    steps = [r for r in read_log(out) if "step" in r]
+    first, last = steps[0], steps[-1]
+    for term in ("embedding", "hidden", "attention", "loss"):
+        assert last[term] < first[term], term
+    assert json.loads((out / "tinydistill_run.json").read_text())["finished"] is True
+    assert (out / "projections.safetensors").is_file() and (out / "resolved_config.yaml").is_file()
+    from transformers import AutoModel, AutoTokenizer
+
+    student = AutoModel.from_pretrained(out)
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+    assert AutoTokenizer.from_pretrained(out).cls_token == "[CLS]"
+
+
+def _interrupt_after(step: int, monkeypatch):
+    real_step = pipeline.runtime.RunLog.step
+
+    def step_then_crash(self, state, *args):
+        real_step(self, state, *args)
+        if state.step == step:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(pipeline.runtime.RunLog, "step", step_then_crash)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(teacher_dir, corpus_file, tmp_path, monkeypatch):
+    # dropout on, a shuffle buffer and two micro-batches per step: RNG, data position and
+    # accumulation all have to be restored for the weights to match exactly.
+    overrides = {"student": {"dropout": 0.1}, "train": {"grad_accum": 2, "max_steps": 10}}
+    straight = tmp_path / "straight"
+    run_general(from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, straight, **overrides)))
+
+    resumed = tmp_path / "resumed"
+    cfg = from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, resumed, **overrides))
+    _interrupt_after(6, monkeypatch)  # checkpoint at step 4, killed two steps later
+    with pytest.raises(KeyboardInterrupt):
+        run_general(cfg)
+    monkeypatch.undo()
+    assert not (resumed / "tinydistill_run.json").exists()
+    assert (resumed / "checkpoints" / "step_000004").is_dir()
+    with pytest.raises(ConfigError, match="unfinished run with checkpoints; pass --resume"):
+        run_general(cfg)
+    resume_overrides = {**overrides, "train": {**overrides["train"], "resume_from": "auto"}}
+    run_general(from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, resumed, **resume_overrides)))
+
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    proj_expected = load_file(straight / "projections.safetensors")
+    proj_actual = load_file(resumed / "projections.safetensors")
+    for name in proj_expected:
+        torch.testing.assert_close(proj_actual[name], proj_expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_student_from_teacher_layers_copies_the_chosen_layers(teacher_dir, corpus_file, tmp_path):
+    out = tmp_path / "copied"
+    config = general_config(teacher_dir, corpus_file, out, train={"max_steps": 1, "lr": 1e-12})
+    config["student"] = {"init": "teacher_layers", "copy_teacher_layers": [2, 4]}
+    run_general(from_dict(GeneralConfig, config))
+    teacher, student = load_file(teacher_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    name = "encoder.layer.{}.attention.self.query.weight"
+    torch.testing.assert_close(student[name.format(1)], teacher[name.format(3)], rtol=0, atol=1e-9)
+    torch.testing.assert_close(student[name.format(0)], teacher[name.format(1)], rtol=0, atol=1e-9)
+
+
+def test_student_from_checkpoint_continues_with_its_projections(teacher_dir, corpus_file, tmp_path):
+    first = tmp_path / "first"
+    run_general(from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, first, train={"max_steps": 2})))
+    second = tmp_path / "second"
+    config = general_config(teacher_dir, corpus_file, second, train={"max_steps": 1, "lr": 1e-12})
+    config["student"] = {"init": "checkpoint", "checkpoint": str(first)}
+    run_general(from_dict(GeneralConfig, config))
+    before, after = load_file(first / "projections.safetensors"), load_file(second / "projections.safetensors")
+    torch.testing.assert_close(after["embedding.weight"], before["embedding.weight"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda c, t: c.update(teacher=str(t / "missing_teacher")), ModelError, "teacher path not found"),
+        (lambda c, t: c["corpus"].update(path=str(t / "missing.txt")), DataError, "corpus path not found"),
+        (lambda c, t: c.update(mapping={"teacher_layers": [1, 9]}), ConfigError,
+         "teacher layer 9 is out of range: the teacher has 4 layers"),
+        (lambda c, t: c["student"].update(num_attention_heads=2), ModelError,
+         "teacher has 4 attention heads, student 2"),
+        (lambda c, t: c.update(loss={"projection": "none"}), ModelError, "projections are needed"),
+        (lambda c, t: c["corpus"].update(max_seq_len=512), ModelError, "exceeds the teacher's max_position"),
+    ],
+    ids=["missing-teacher", "missing-corpus", "mapping-range", "head-mismatch", "width-mismatch", "too-long"],
+)
+def test_bad_input_fails_before_compute_with_a_clear_message(teacher_dir, corpus_file, tmp_path, change, error,
+                                                             message):
+    config = general_config(teacher_dir, corpus_file, tmp_path / "out")
+    change(config, tmp_path)
+    with pytest.raises(error, match=message):
+        run_general(from_dict(GeneralConfig, config))
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_empty_corpus_is_reported_with_skip_counts(teacher_dir, tmp_path):
+    corpus = tmp_path / "empty.txt"
+    corpus.write_bytes(b"\n\n   \n\xff\xfe broken\n")
+    config = general_config(teacher_dir, corpus, tmp_path / "out", train={"max_steps": None})
+    with pytest.raises(DataError, match=r"is empty: no usable text .*'empty': 3, 'invalid_utf8': 1"):
+        run_general(from_dict(GeneralConfig, config))
+
+
+def test_bad_lines_are_skipped_and_counted_not_fatal(teacher_dir, corpus_file, tmp_path):
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_bytes(b"\xff\xfe not utf-8\n" + ("x" * 200).encode() + b"\n" + corpus_file.read_bytes())
+    out = tmp_path / "out"
+    config = general_config(teacher_dir, corpus, out, train={"max_steps": 2})
+    config["corpus"].update(max_line_chars=100, shuffle_buffer=0)
+    run_general(from_dict(GeneralConfig, config))
+    skipped = next(r for r in read_log(out) if r.get("event") == "skipped_lines")
+    assert skipped["invalid_utf8"] == 1 and skipped["too_long"] == 1
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          check=False,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+
+def test_cli_runs_stage_one_and_refuses_to_clobber_a_finished_run(teacher_dir, corpus_file, tmp_path):
+    out = tmp_path / "cli_run"
+    config_path = tmp_path / "general.yaml"
+    config_path.write_text(yaml.safe_dump(general_config(teacher_dir, corpus_file, out, train={"max_steps": 2})))
+    first = _cli("general", str(config_path), "train.log_every=1")
+    assert first.returncode == 0, first.stderr
+    saved = (out / "model.safetensors").read_bytes()
+
+    again = _cli("general", str(config_path))
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"tinydistill general: error: output_dir: {out} holds a finished run; "
+        "pass --overwrite (overwrite: true) or pick another output_dir"
+    )
+    assert (out / "model.safetensors").read_bytes() == saved  # nothing already written is lost
+
+    assert _cli("general", str(config_path), "--overwrite").returncode == 0
+
+
+def test_cli_unknown_key_is_one_line_with_exit_code_2(tmp_path, teacher_dir, corpus_file):
+    config_path = tmp_path / "general.yaml"
+    config_path.write_text(yaml.safe_dump(general_config(teacher_dir, corpus_file, tmp_path / "o")))
+    result = _cli("general", str(config_path), "train.bogus=1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "tinydistill general: error: train.bogus: unknown key (known keys here: adam_betas, adam_eps, batch_size, "
+        "epochs, grad_accum, keep_checkpoints, log_every, lr, max_grad_norm, max_steps, mixed_precision, "
+        "progress_bar, resume_from, save_every, schedule, seed, teacher_dtype, tensorboard, warmup_ratio, "
+        "weight_decay)"
+    )

@@ -1,0 +1,128 @@
+"""Each loss against a small hand-computed case, masks included; every loss is 0 for equal inputs."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.losses import (
+    attention_kl,
+    attention_mse,
+    average_heads,
+    hard_cross_entropy,
+    hidden_mse,
+    logits_mse,
+    soft_cross_entropy,
+)
+
+
+def test_hidden_mse_averages_over_real_tokens_and_width_only():
+    student = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [90.0, 90.0]]])
+    teacher = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # real tokens: (1^2 + 2^2) + (2^2 + 3^2) = 18, over 2 tokens x 2 dims; the padded token is ignored
+    assert hidden_mse(student, teacher, mask).item() == pytest.approx(4.5)
+
+
+def test_attention_mse_ignores_padded_key_columns_and_query_rows():
+    student = torch.full((1, 2, 2, 2), 1e4)  # padded positions hold huge values: they must not count
+    teacher = torch.full((1, 2, 2, 2), -1e4)
+    student[0, 0, 0, 0], teacher[0, 0, 0, 0] = 1.0, 0.0
+    student[0, 1, 0, 0], teacher[0, 1, 0, 0] = 3.0, 1.0
+    mask = torch.tensor([[1, 0]])
+    # one real (query, key) pair per head: (1 - 0)^2 and (3 - 1)^2, mean over 2 heads
+    assert attention_mse(student, teacher, mask).item() == pytest.approx(2.5)
+
+
+def test_attention_mse_counts_pairs_per_sequence_length():
+    student = torch.zeros(2, 1, 3, 3)
+    teacher = torch.zeros(2, 1, 3, 3)
+    teacher[0] = 1.0  # every pair of sequence 0 differs by 1
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    # 9 real pairs in sequence 0 with error 1, 1 real pair in sequence 1 with error 0 -> 9 / 10
+    assert attention_mse(student, teacher, mask).item() == pytest.approx(0.9)
+
+
+def test_attention_kl_softmaxes_over_real_keys_and_averages_real_rows():
+    teacher = torch.zeros(1, 1, 3, 3)
+    student = torch.zeros(1, 1, 3, 3)
+    teacher[0, 0, 0] = torch.tensor([math.log(3.0), 0.0, 100.0])  # key 2 is padding: p_t = [3/4, 1/4, 0]
+    student[0, 0, 0] = torch.tensor([0.0, 0.0, -50.0])  # p_s = [1/2, 1/2, 0]
+    teacher[0, 0, 2] = torch.tensor([5.0, -5.0, 7.0])  # padded query row: ignored
+    mask = torch.tensor([[1, 1, 0]])
+    row0 = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    # row 1 is equal in both (all zeros) -> 0; mean over the 2 real rows of 1 head
+    assert attention_kl(student, teacher, mask).item() == pytest.approx(row0 / 2, rel=1e-5)
+
+
+def test_average_heads_allows_different_head_counts():
+    teacher = torch.arange(16 * 4, dtype=torch.float).reshape(1, 16, 2, 2)
+    student = teacher.reshape(1, 4, 4, 2, 2).mean(dim=2)  # groups of 4 heads averaged
+    mask = torch.ones(1, 2, dtype=torch.long)
+    assert attention_mse(average_heads(student), average_heads(teacher), mask).item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_soft_cross_entropy_is_scaled_by_temperature_squared():
+    student = torch.tensor([[0.0, 0.0]])
+    teacher = torch.tensor([[0.0, math.log(3.0)]])
+    # log softmax(student / T) = [-ln 2, -ln 2] for any T, so the CE is ln 2 before scaling
+    assert soft_cross_entropy(student, teacher, temperature=1.0).item() == pytest.approx(math.log(2))
+    assert soft_cross_entropy(student, teacher, temperature=2.0).item() == pytest.approx(4 * math.log(2))
+    unscaled = soft_cross_entropy(student, teacher, temperature=2.0, scale_by_t2=False)
+    assert unscaled.item() == pytest.approx(math.log(2))
+
+
+def test_soft_cross_entropy_token_mask_excludes_padding():
+    student = torch.tensor([[[0.0, 0.0], [9.0, -9.0]]])
+    teacher = torch.tensor([[[0.0, math.log(3.0)], [-9.0, 9.0]]])
+    mask = torch.tensor([[1, 0]])
+    assert soft_cross_entropy(student, teacher, 1.0, mask=mask).item() == pytest.approx(math.log(2))
+
+
+def test_soft_cross_entropy_matches_hand_computation_for_unequal_logits():
+    student = torch.tensor([[1.0, 2.0, 0.5]])
+    teacher = torch.tensor([[0.2, 0.1, 2.0]])
+    t = 3.0
+    p_teacher = [math.exp(v / t) for v in teacher[0].tolist()]
+    p_teacher = [p / sum(p_teacher) for p in p_teacher]
+    log_norm = math.log(sum(math.exp(v / t) for v in student[0].tolist()))
+    expected = -sum(p * (s / t - log_norm) for p, s in zip(p_teacher, student[0].tolist())) * t * t
+    assert soft_cross_entropy(student, teacher, temperature=t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_logits_mse_sums_classes_and_averages_examples():
+    student = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    teacher = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    assert logits_mse(student, teacher).item() == pytest.approx((5.0 + 4.0) / 2)
+
+
+def test_hard_cross_entropy_skips_ignored_labels():
+    logits = torch.tensor([[0.0, 0.0], [5.0, -5.0]])
+    labels = torch.tensor([0, -100])
+    assert hard_cross_entropy(logits, labels).item() == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize("loss", [hidden_mse, attention_mse, attention_kl])
+def test_intermediate_losses_are_zero_for_equal_inputs(loss):
+    torch.manual_seed(0)
+    values = torch.randn(2, 3, 5, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    if loss is hidden_mse:
+        values = values[:, 0]
+    assert loss(values, values.clone(), mask).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_prediction_losses_are_zero_or_entropy_for_equal_inputs():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    assert logits_mse(logits, logits.clone()).item() == 0.0
+    # soft CE against itself is the teacher's entropy (its KL part is 0)
+    p = torch.softmax(logits, -1)
+    entropy = -(p * p.log()).sum().item()
+    assert soft_cross_entropy(logits, logits.clone()).item() == pytest.approx(entropy, rel=1e-6)
+
+
+def test_losses_compute_in_float32_for_bfloat16_inputs():
+    student = torch.ones(1, 2, 4, dtype=torch.bfloat16)
+    teacher = torch.zeros(1, 2, 4, dtype=torch.bfloat16)
+    result = hidden_mse(student, teacher, torch.ones(1, 2))
+    assert result.dtype == torch.float32 and result.item() == 1.0
