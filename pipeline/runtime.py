@@ -33,6 +33,8 @@ def make_accelerator(train: TrainConfig, output_dir: str | Path) -> Accelerator:
         project_dir=str(output_dir),
     )
     set_seed(train.seed, device_specific=False)
+    if accelerator.device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal floats made CPU backward passes several times slower
     return accelerator
 
 
