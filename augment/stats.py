@@ -1,0 +1,107 @@
+"""`stats.json`: what a run produced, as additive counts (so shards merge by summing) plus derived rates.
+
+- `variants_per_example`: mean, and a histogram {number of variants: examples};
+- `ops`: words masked / replaced inside kept n-grams, variants cropped to an n-gram, and the words of the
+  augmented texts (the denominator of the rates);
+- `rates`: mask and replacement rate per augmented word, n-gram rate per variant;
+- `coverage`: of the replaceable word occurrences, the share that had at least one candidate, per
+  word-level source (`dictionary`, `vectors`) and from all sources together (`any`, MLM included).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+COUNT_KEYS = (
+    "examples",
+    "rows",
+    "variants",
+    "masked_words",
+    "replaced_words",
+    "ngram_variants",
+    "augmented_words",
+    "eligible_words",
+    "covered_any",
+)
+
+
+def count_rows(dataset, n_examples: int) -> dict:
+    """Additive counts over a generated (not yet trimmed) transfer set; rows of an example are contiguous."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["examples"] = n_examples
+    histogram: Counter = Counter()
+    current, per_example = None, 0
+    columns = [
+        "source_index",
+        "variant",
+        "n_masked",
+        "n_replaced",
+        "ngram",
+        "_n_words",
+        "_n_eligible",
+        "_n_covered",
+    ]
+    for batch in dataset.select_columns(columns).iter(batch_size=65536):
+        counts["rows"] += len(batch["variant"])
+        for source, variant, masked, replaced, ngram, words, eligible, covered in zip(
+            *(batch[c] for c in columns)
+        ):
+            counts["eligible_words"] += eligible
+            counts["covered_any"] += covered
+            if source != current:
+                if current is not None:
+                    histogram[per_example] += 1
+                current, per_example = source, 0
+            if variant == 0:
+                continue
+            per_example += 1
+            counts["variants"] += 1
+            counts["masked_words"] += masked
+            counts["replaced_words"] += replaced
+            counts["ngram_variants"] += bool(ngram)
+            counts["augmented_words"] += words
+    if current is not None:
+        histogram[per_example] += 1
+    seen = sum(histogram.values())
+    if n_examples > seen:  # examples that wrote no row at all (no original, no variant)
+        histogram[0] += n_examples - seen
+    counts["histogram"] = {str(k): v for k, v in sorted(histogram.items())}
+    return counts
+
+
+def merge_counts(parts: Iterable[dict]) -> dict:
+    """Sum the counts of several shards (histograms and source coverage included)."""
+    merged: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict):
+                bucket = merged.setdefault(key, {})
+                for k, v in value.items():
+                    bucket[k] = bucket.get(k, 0) + v
+            else:
+                merged[key] = merged.get(key, 0) + value
+    merged["histogram"] = dict(sorted(merged.get("histogram", {}).items(), key=lambda kv: int(kv[0])))
+    return merged
+
+
+def summarise(counts: dict, facts: dict) -> dict:
+    """The stats.json document: run facts, the raw counts, and the rates derived from them."""
+
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 6) if b else 0.0
+
+    source_cov = {
+        name: ratio(n, counts["eligible_words_table"]) for name, n in counts.get("covered_by", {}).items()
+    }
+    return {
+        **facts,
+        "variants_per_example": ratio(counts["variants"], counts["examples"]),
+        "rates": {
+            "mask": ratio(counts["masked_words"], counts["augmented_words"]),
+            "replace": ratio(counts["replaced_words"], counts["augmented_words"]),
+            "ngram": ratio(counts["ngram_variants"], counts["variants"]),
+        },
+        "coverage": {**source_cov, "any": ratio(counts["covered_any"], counts["eligible_words"])},
+        "counts": counts,
+    }
