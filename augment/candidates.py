@@ -24,6 +24,8 @@ from pathlib import Path
 from pipeline.errors import DataError
 
 _CILIN_LINE = re.compile(r"^[A-Za-z]{2}\d{2}[A-Za-z]\d{2}([=#@])\s*(.*)$")
+# Two or more words and no JSON/CSV syntax: `{"a": ["b"]}` or `a,b` must not pass for a dictionary.
+_PLAIN_LINE = re.compile(r"^[^\s{}\[\]\"',:;=]+(?:[ \t]+[^\s{}\[\]\"',:;=]+)+\s*$")
 
 
 class CandidateFilter:
@@ -41,17 +43,15 @@ class CandidateFilter:
 
 
 def detect_dictionary_format(lines: list[str], path: Path) -> str:
-    """'cilin' if every entry line is a Cilin code line, 'plain' if every one has 2+ words; else an error."""
+    """'cilin' if every entry line is a Cilin code line, 'plain' if every one is 2+ plain words; else an error."""
     entries = [line for line in lines if line.strip() and not line.startswith("#")]
     if not entries:
         raise DataError(f"candidates.dictionary.path: {path} is empty")
     if all(_CILIN_LINE.match(line) for line in entries):
         return "cilin"
-    if not any(_CILIN_LINE.match(line) for line in entries) and all(
-        len(line.split()) >= 2 for line in entries
-    ):
+    if all(_PLAIN_LINE.match(line) for line in entries):
         return "plain"
-    bad = next(line for line in entries if not _CILIN_LINE.match(line) or len(line.split()) < 2)
+    bad = next(line for line in entries if not _CILIN_LINE.match(line) and not _PLAIN_LINE.match(line))
     raise DataError(
         f"candidates.dictionary.path: {path} is in an unknown format: expected Cilin lines "
         f"(`Aa01A01= 人 士 …`) or `word syn1 syn2 …` lines, found {bad[:40]!r}"

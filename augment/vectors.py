@@ -101,7 +101,7 @@ def neighbour_table(
             for j in order:
                 if row[j] < min_similarity or len(found) == top_k:
                     break
-                if accept(word, keys[j]):
+                if keys[j] != word and accept(word, keys[j]):
                     found.append(keys[j])
             if found:
                 table[word] = tuple(found)
