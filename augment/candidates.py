@@ -51,7 +51,7 @@ def detect_dictionary_format(lines: list[str], path: Path) -> str:
         return "cilin"
     if all(_PLAIN_LINE.match(line) for line in entries):
         return "plain"
-    bad = next(line for line in entries if not _CILIN_LINE.match(line) and not _PLAIN_LINE.match(line))
+    bad = next((x for x in entries if not _CILIN_LINE.match(x) and not _PLAIN_LINE.match(x)), entries[0])
     raise DataError(
         f"candidates.dictionary.path: {path} is in an unknown format: expected Cilin lines "
         f"(`Aa01A01= 人 士 …`) or `word syn1 syn2 …` lines, found {bad[:40]!r}"

@@ -51,10 +51,17 @@ def load_input(path: str, format: str, split: str, name: str | None, cache_dir: 
             return datasets.load_dataset(path, name, split=split, cache_dir=str(cache_dir))
     except DataError:
         raise
+    except ValueError as err:
+        if "corresponds to no data" in str(err):  # datasets' words for a file with a header and no rows
+            raise DataError(f"input.path: {path} has no examples") from None
+        raise DataError(f"input.path: cannot read {path}: {_first_line(err)}") from None
     except Exception as err:  # noqa: BLE001 -- datasets/pyarrow/pandas/hub errors all mean "cannot read this input"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"input.path: cannot read {path}: {first}") from None
+        raise DataError(f"input.path: cannot read {path}: {_first_line(err)}") from None
     raise DataError(f"input.path: not found: {path}")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def check_columns(dataset, wanted: dict[str, str | None], path: str) -> None:

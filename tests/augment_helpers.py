@@ -56,8 +56,43 @@ def cilin_file(path: Path) -> Path:
         "Ka01A01= 非常 十分 特别 极其\n"
         "Dj01A01= 价格 价钱 价位\n"
         "Eb01A01= 热情 亲切 热心\n"
+        "Ee01A02= 周到 周密 周全 细致\n"
+        "Gb01A01= 喜欢 喜爱 热爱 爱好\n"
+        "Dk01A01= 质量 品质 成色\n"
+        "Ed03A01= 方便 便利 便捷 简便\n"
+        "Ee02A01= 失望 沮丧 灰心\n"
+        "Dk02A01= 内容 内涵 本末\n"
+        "Ed04A01= 清晰 明晰 清楚 明显\n"
         "Ba01A01# 动物 植物\n"
         "Aa01A05@ 众学生\n",
         encoding="utf-8",
     )
     return path
+
+
+def tiny_masked_lm(folder: Path, texts: list[str], seed: int = 0) -> Path:
+    """A random BertForMaskedLM with a character vocabulary of `texts`, saved like a real teacher."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    chars = sorted({c for t in texts for c in t if not c.isspace()})
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n", encoding="utf-8"
+    )
+    tokenizer = BertTokenizer(vocab=str(vocab))  # transformers 5 ignores vocab_file=
+    assert tokenizer.tokenize(texts[0][:4]) == list(texts[0][:4])
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    vocab.unlink()
+    return folder
