@@ -126,15 +126,28 @@ class MaskedLMFiller:
         rows = [row for row, (_, _, k) in enumerate(encoded) for _ in range(k)]
         cols = [start + j for _, start, k in encoded for j in range(k)]
         with torch.inference_mode():
-            logits = self._model(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
-            ).logits
-            log_probs = torch.log_softmax(logits[rows, cols].float(), dim=-1).cpu()
+            log_probs = torch.log_softmax(
+                self._mask_logits(input_ids, attention, rows, cols).float(), dim=-1
+            ).cpu()
         out, offset = [], 0
         for _, _, k in encoded:
             out.append(self._beam(log_probs[offset : offset + k], beam))
             offset += k
         return out
+
+    def _mask_logits(self, input_ids, attention, rows: list[int], cols: list[int]):
+        """Vocabulary logits at the masked positions only.
+
+        The LM head (transform + a hidden x vocabulary product) is applied to the masked positions
+        alone when the model exposes it (`cls` for BERT, `lm_head` for RoBERTa-likes); on a Chinese
+        BERT the head over every position is ~15-30 % of the forward pass, all of it wasted here.
+        """
+        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention.to(self.device)}
+        head = getattr(self._model, "cls", None) or getattr(self._model, "lm_head", None)
+        if head is None:
+            return self._model(**inputs).logits[rows, cols]
+        hidden = self._model.base_model(**inputs).last_hidden_state
+        return head(hidden[rows, cols])
 
     def _beam(self, log_probs, beam: int) -> list[str]:
         """Best whole words for k consecutive masks: keep `beam` prefixes, extend one position at a time."""

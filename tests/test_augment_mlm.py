@@ -58,3 +58,15 @@ def test_long_inputs_are_cut_around_the_mask(filler):
 def test_missing_model_is_one_line_error(tmp_path):
     with pytest.raises(ModelError, match=r"candidates\.mlm\.model: cannot load"):
         MaskedLMFiller(str(tmp_path / "nope"), "zh").load()
+
+
+def test_head_on_masked_positions_equals_the_full_forward(filler):
+    import torch
+
+    ids, start, k = filler.encode(["房间", "很", "干净"], 2)
+    input_ids = torch.tensor([ids])
+    attention = torch.ones_like(input_ids)
+    with torch.inference_mode():
+        full = filler._model(input_ids=input_ids, attention_mask=attention).logits[0, start : start + k]
+        masked_only = filler._mask_logits(input_ids, attention, [0] * k, list(range(start, start + k)))
+    torch.testing.assert_close(masked_only, full)
