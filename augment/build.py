@@ -105,7 +105,7 @@ def _build(cfg: AugmentConfig, resources: dict, temp_dir: Path) -> None:
     if resources["mlm"] is not None:
         resources["mlm"].language = language
 
-    tagger = WordTagger(language, resources["lexicon"], cfg.words.hmm)
+    tagger = WordTagger(language, resources["lexicon"])
     segmenter = Segmenter(tagger, cfg.ops.mask_token, cfg.words.hmm)
     eligibility = Eligibility(language, cfg.words.replaceable_tags, resources["stopwords"])
     accept = CandidateFilter(tagger, eligibility.replaceable)

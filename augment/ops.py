@@ -13,6 +13,7 @@ each example gets its own `random.Random`, which is what makes the output indepe
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,21 +52,33 @@ class Perturbed:
 
 
 def perturb_tang(side: Side, rng: random.Random, p_mask: float, p_pos: float) -> tuple[list[str], list[int]]:
-    """Tang's per-word rule: mask with p_mask, else replace with p_pos (uniform over the candidates)."""
+    """Tang's per-word rule: mask with p_mask, else replace with p_pos (uniform over the candidates).
+
+    Equivalent to one uniform draw per word, but only the ~20 % of words that get an event cost a draw:
+    the gap to the next such word is geometric with p = p_mask + p_pos, and an event is a mask with
+    probability p_mask / p. A masked word that may not be masked, or a replaced one without candidates,
+    stays as it is, as in the per-word formulation.
+    """
     words = list(side.words)
     flags = [KEEP] * len(words)
+    p_event = p_mask + p_pos
+    if p_event <= 0.0 or not words:
+        return words, flags
     draw = rng.random
-    p_either = p_mask + p_pos
-    for i, candidates in enumerate(side.candidates):
-        x = draw()
-        if x < p_mask:
+    log_q = math.log1p(-p_event) if p_event < 1.0 else -math.inf
+    i = -1
+    while True:
+        i += 1 + int(math.log(1.0 - draw()) / log_q)
+        if i >= len(words):
+            return words, flags
+        if draw() * p_event < p_mask:
             if side.maskable[i]:
                 words[i] = side.masked_forms[i]
                 flags[i] = MASK
-        elif x < p_either and candidates:
+        elif side.candidates[i]:
+            candidates = side.candidates[i]
             words[i] = candidates[int(draw() * len(candidates))]
             flags[i] = REPLACE
-    return words, flags
 
 
 def perturb_tinybert(side: Side, rng: random.Random, p_replace: float) -> tuple[list[str], list[int]]:
