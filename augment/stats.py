@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+
 def count_rows(dataset, n_examples: int) -> dict:
     """Additive counts over a generated (not yet trimmed) transfer set, vectorised over Arrow columns."""
     table = dataset.select_columns(
