@@ -93,6 +93,13 @@ def character_tag(word: str) -> str | None:
     return None
 
 
+def _jieba_word_tags() -> Mapping[str, str]:
+    import jieba.posseg
+
+    jieba.posseg.dt.initialize()
+    return jieba.posseg.dt.word_tag_tab
+
+
 class WordTagger:
     """word -> POS tag: lexicon, then jieba's dictionary, then characters, else `un` (cached)."""
 
@@ -100,12 +107,15 @@ class WordTagger:
         self.language = language
         self.lexicon = dict(lexicon or {})
         self._cache: dict[str, str] = {}
-        self._jieba_tags: Mapping[str, str] = {}
-        if language == "zh":
-            import jieba.posseg
+        self._jieba_tags = _jieba_word_tags() if language == "zh" else {}
 
-            jieba.posseg.dt.initialize()
-            self._jieba_tags = jieba.posseg.dt.word_tag_tab
+    def __getstate__(self):
+        # jieba's 349k-entry tag table is re-fetched in each datasets.map worker, not pickled to it.
+        return {**self.__dict__, "_jieba_tags": None, "_cache": {}}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._jieba_tags = _jieba_word_tags() if self.language == "zh" else {}
 
     def __call__(self, word: str) -> str:
         tag = self._cache.get(word)
