@@ -1,0 +1,212 @@
+"""The `tinydistill augment` config tree: one frozen dataclass per YAML section.
+
+Defaults follow Tang et al. 2019 (p_mask = p_pos = 0.1, p_ng = 0.25, n-grams of 1..5 words, 20 variants)
+and TinyBERT (top-K = 15 candidates, p = 0.4 in `tinybert` mode). Every check that needs more than a
+type lives in `__post_init__` and names its key, so a bad value fails before any data is read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.errors import ConfigError
+
+# Tags that name entities, numbers or punctuation. The issue forbids replacing these, so a config
+# that lists one as replaceable is a mistake we report instead of silently honouring.
+NEVER_REPLACEABLE_TAGS = frozenset(
+    {"nr", "nr1", "nr2", "nrj", "nrf", "nrfg", "nrt", "ns", "nsf", "nt", "nz", "nx", "m", "mq", "x", "w", "t"}
+)
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}: must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the task dataset comes from: a local file, a `save_to_disk` folder, or a hub id."""
+
+    path: str
+    format: Literal["auto", "csv", "tsv", "json", "parquet", "text", "disk", "hub"] = "auto"
+    split: str = "train"
+    name: str | None = None  # hub dataset configuration name
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Column names. Either `text` (+ optional `text_pair`) or `tokens` + `tags` (token classification)."""
+
+    text: str | None = None
+    text_pair: str | None = None
+    label: str | None = None
+    tokens: str | None = None
+    tags: str | None = None
+    outside_tag: str = "O"  # compared as a string, so 0 and "0" both match an integer O label of 0
+
+    def __post_init__(self):
+        if (self.text is None) == (self.tokens is None):
+            raise ConfigError("text: set exactly one of text (sentences) or tokens (token classification)")
+        if self.tokens is not None and self.tags is None:
+            raise ConfigError("tags: token classification needs the tag column next to tokens")
+        if self.tokens is not None and self.text_pair is not None:
+            raise ConfigError("text_pair: not supported together with tokens")
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The columns that are segmented and augmented, in order."""
+        if self.tokens is not None:
+            return (self.tokens,)
+        return (self.text,) if self.text_pair is None else (self.text, self.text_pair)
+
+
+@dataclass(frozen=True)
+class WordsConfig:
+    """Segmentation and POS: jieba for Chinese, a word/punctuation split for English."""
+
+    pos_lexicon: str | None = (
+        None  # word -> majority tag file from `tinydistill pos-lexicon`; wins over jieba
+    )
+    replaceable_tags: tuple[str, ...] | None = None  # None: the language's content tags (see augment.words)
+    stopwords: str | None = None  # extra stop words, one per line; added to the built-in list
+    hmm: bool = True  # jieba's HMM for out-of-dictionary words
+
+    def __post_init__(self):
+        if self.replaceable_tags is not None:
+            banned = sorted(set(self.replaceable_tags) & NEVER_REPLACEABLE_TAGS)
+            if banned:
+                raise ConfigError(
+                    f"replaceable_tags: entity, number and punctuation tags are never replaced, remove {banned}"
+                )
+            if not self.replaceable_tags:
+                raise ConfigError("replaceable_tags: must list at least one tag")
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """The perturbations. `tang`: mask / same-POS replace / n-gram; `tinybert`: replace with p_replace."""
+
+    mode: Literal["tang", "tinybert"] = "tang"
+    n_variants: int = 20
+    p_mask: float = 0.1
+    p_pos: float = 0.1
+    p_ng: float = 0.25
+    ngram_max: int = 5
+    p_replace: float = 0.4
+    draws_per_variant: int = 3  # give up after n_variants * this many draws (short texts have few variants)
+    include_original: bool = True  # write each input example as variant 0
+    mask_token: str = "[MASK]"
+
+    def __post_init__(self):
+        if self.n_variants < 1:
+            raise ConfigError(f"n_variants: must be >= 1, got {self.n_variants}")
+        for name in ("p_mask", "p_pos", "p_ng", "p_replace"):
+            _check_probability(name, getattr(self, name))
+        if self.p_mask + self.p_pos > 1.0:
+            raise ConfigError(f"p_pos: p_mask + p_pos must be <= 1, got {self.p_mask + self.p_pos}")
+        if self.ngram_max < 1:
+            raise ConfigError(f"ngram_max: must be >= 1, got {self.ngram_max}")
+        if self.draws_per_variant < 1:
+            raise ConfigError(f"draws_per_variant: must be >= 1, got {self.draws_per_variant}")
+        if not self.mask_token.strip():
+            raise ConfigError("mask_token: must not be empty")
+
+
+@dataclass(frozen=True)
+class VectorsConfig:
+    """gensim word vectors; neighbours of the same POS above `min_similarity` become candidates."""
+
+    path: str
+    format: Literal["auto", "text", "binary", "kv", "glove"] = "auto"
+    limit: int | None = None  # read only the first `limit` words (files are frequency-sorted)
+    top_k: int = 15
+    min_similarity: float = 0.5
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit: must be >= 1, got {self.limit}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k: must be >= 1, got {self.top_k}")
+        if not -1.0 <= self.min_similarity <= 1.0:
+            raise ConfigError(f"min_similarity: must be in [-1, 1], got {self.min_similarity}")
+
+
+@dataclass(frozen=True)
+class DictionaryConfig:
+    """A synonym dictionary: Cilin (`Aa01A01= 人 士 …`, only `=` groups) or `word syn1 syn2 …` lines."""
+
+    path: str
+    format: Literal["auto", "cilin", "plain"] = "auto"
+
+
+@dataclass(frozen=True)
+class MlmConfig:
+    """The teacher's MLM head at word level: a k-piece word is masked as k [MASK]s, top-K whole words."""
+
+    model: str  # hub id or local folder with an AutoModelForMaskedLM and its tokenizer
+    top_k: int = 15
+    batch_size: int = 64
+    max_length: int = 128
+
+    def __post_init__(self):
+        for name in ("top_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length: must be >= 8, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """Any combination of the three candidate sources; their candidates are pooled per word."""
+
+    vectors: VectorsConfig | None = None
+    dictionary: DictionaryConfig | None = None
+    mlm: MlmConfig | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    formats: tuple[Literal["arrow", "jsonl"], ...] = ("arrow", "jsonl")
+    keep_words: bool = (
+        False  # also write `<column>_words`: the variant as a word list, masks as the mask token
+    )
+
+    def __post_init__(self):
+        if not self.formats:
+            raise ConfigError("formats: choose at least one of 'arrow', 'jsonl'")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    output_dir: str
+    input: InputConfig
+    columns: ColumnsConfig
+    seed: int = 0
+    overwrite: bool = False
+    shard: str | None = None  # "i/n": build only the i-th of n contiguous shards
+    language: Literal["auto", "zh", "en"] = "auto"
+    words: WordsConfig = field(default_factory=WordsConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    num_proc: int = 1
+    batch_size: int = 256  # examples per datasets.map batch
+
+    def __post_init__(self):
+        if self.shard is not None:
+            parse_shard(self.shard)
+        if self.num_proc < 1:
+            raise ConfigError(f"num_proc: must be >= 1, got {self.num_proc}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"i/n"` -> (i, n) with 0 <= i < n."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise ConfigError(f"shard: must look like i/n with 0 <= i < n, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
