@@ -39,23 +39,6 @@ STAGE_COMMANDS = {
         "augment.build", "AugmentConfig", "run_augment",
         "build an augmented transfer set from a task dataset", shardable=True,
     ),
-    "finetune": StageCommand(
-        "stages.finetune", "FinetuneConfig", "run_finetune",
-        "fine-tune a pretrained teacher on a task", resume_key="train.resume_from",
-    ),
-    "task": StageCommand(
-        "stages.task", "TaskConfig", "run_task",
-        "stage two: task-specific distillation (intermediate, then prediction layer)",
-        resume_key="resume_from",
-    ),
-    "evaluate": StageCommand(
-        "stages.evaluate", "EvaluateConfig", "run_evaluate",
-        "score teacher and student, retention, size and CPU latency",
-    ),
-    "run": StageCommand(
-        "pipeline.run", "RunConfig", "run_pipeline",
-        "run every stage in order from one YAML, skipping finished ones",
-    ),
 }
 
 

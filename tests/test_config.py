@@ -89,14 +89,8 @@ def _config_classes():
 
     from pipeline.cli import STAGE_COMMANDS
 
-    classes = {}
-    for name, spec in STAGE_COMMANDS.items():
-        try:
-            module = importlib.import_module(spec.module)
-        except ModuleNotFoundError:
-            continue
-        classes[name] = getattr(module, spec.config_class)
-    return classes
+    return {name: getattr(importlib.import_module(spec.module), spec.config_class)
+            for name, spec in STAGE_COMMANDS.items()}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
