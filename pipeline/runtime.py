@@ -119,6 +119,8 @@ class RunLog:
                         disable=not (self.main and show_bar), dynamic_ncols=True)
         self.window_start = time.perf_counter()
         self.window_tokens = 0
+        if accelerator.log_with:  # TensorBoard events under output_dir/tensorboard/
+            accelerator.init_trackers("tensorboard")
 
     def header(self, facts: dict) -> None:
         if self.main:
@@ -147,6 +149,8 @@ class RunLog:
 
     def close(self) -> None:
         self.bar.close()
+        if self.accelerator.trackers:
+            self.accelerator.end_training()
 
     def _append(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as handle:

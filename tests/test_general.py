@@ -41,7 +41,8 @@ def read_log(output_dir: Path) -> list[dict]:
 
 def test_short_run_lowers_every_loss_term_and_saves_a_loadable_student(teacher_dir, corpus_file, tmp_path):
     out = tmp_path / "run"
-    cfg = from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, out, train={"max_steps": 40}))
+    cfg = from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, out,
+                                                  train={"max_steps": 40, "tensorboard": True}))
     assert run_general(cfg) == out
     steps = [r for r in read_log(out) if "step" in r]
     first, last = steps[0], steps[-1]
@@ -49,6 +50,7 @@ def test_short_run_lowers_every_loss_term_and_saves_a_loadable_student(teacher_d
         assert last[term] < first[term], term
     assert json.loads((out / "tinydistill_run.json").read_text())["finished"] is True
     assert (out / "projections.safetensors").is_file() and (out / "resolved_config.yaml").is_file()
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "train.tensorboard wrote no events"
     from transformers import AutoModel, AutoTokenizer
 
     student = AutoModel.from_pretrained(out)
