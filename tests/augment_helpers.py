@@ -72,27 +72,11 @@ def cilin_file(path: Path) -> Path:
 
 def tiny_masked_lm(folder: Path, texts: list[str], seed: int = 0) -> Path:
     """A random BertForMaskedLM with a character vocabulary of `texts`, saved like a real teacher."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+    from conftest import make_bert, save_tokenizer
 
-    chars = sorted({c for t in texts for c in t if not c.isspace()})
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n", encoding="utf-8"
-    )
-    tokenizer = BertTokenizer(vocab=str(vocab))  # transformers 5 ignores vocab_file=
+    tokenizer = save_tokenizer(folder, texts)
     assert tokenizer.tokenize(texts[0][:4]) == list(texts[0][:4])
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    vocab.unlink()
+    make_bert(folder, layers=2, hidden=32, heads=2, intermediate=64, vocab_size=len(tokenizer), seed=seed,
+              masked_lm=True)
+    (folder / "vocab.txt").unlink()
     return folder

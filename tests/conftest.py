@@ -27,8 +27,8 @@ CHINESE_SENTENCES = [
 
 
 def char_vocab(texts: list[str]) -> list[str]:
-    chars = sorted({ch for text in texts for ch in text})
-    return SPECIAL_TOKENS + chars + [f"w{i}" for i in range(8)]
+    chars = sorted({ch for text in texts for ch in text if not ch.isspace()})
+    return SPECIAL_TOKENS + chars
 
 
 def save_tokenizer(directory: Path, texts: list[str]) -> BertTokenizer:
