@@ -120,7 +120,10 @@ def open_corpus(cfg: CorpusConfig) -> IterableDataset:
     except Exception as err:  # noqa: BLE001 - datasets raises many types for a bad id or file; one line
         raise DataError(f"cannot open corpus {cfg.path}: {str(err).strip().splitlines()[0]}") from None
     columns = stream.column_names
-    if columns is not None and cfg.text_column not in columns:
+    if columns is None:  # streamed csv/parquet: the columns are known only once a row is read
+        first = next(iter(stream), None)
+        columns = list(first) if first is not None else [cfg.text_column]
+    if cfg.text_column not in columns:
         raise DataError(f"corpus {cfg.path} has no column {cfg.text_column!r} (columns: {', '.join(columns)})")
     limit = cfg.max_line_chars
     return stream.map(lambda row: _clean_value(row[cfg.text_column], limit), remove_columns=columns)

@@ -18,7 +18,7 @@ import torch
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import mark_finished, prepare_output_dir, resolve_resume
 from pipeline.config import write_resolved_config
-from pipeline.data import TokenizedCorpus, corpus_batches, resolve_corpus_files
+from pipeline.data import TokenizedCorpus, corpus_batches
 from pipeline.errors import DataError
 from pipeline.intermediate import (
     StudentWithProjections,
@@ -67,7 +67,8 @@ def run_general(cfg: GeneralConfig) -> Path:
     # Everything that can be wrong with the inputs is checked before the teacher is loaded.
     teacher_config = load_model_config(cfg.teacher, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
-    resolve_corpus_files(cfg.corpus)
+    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
+                             cfg.train.seed)
     student = build_student(cfg.student, teacher_config, cfg.teacher)
     check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
                               cfg.corpus.max_seq_len)
@@ -82,8 +83,6 @@ def run_general(cfg: GeneralConfig) -> Path:
     accelerator.wait_for_everyone()
     resume_checkpoint = resolve_resume(output_dir, cfg.train.resume_from)
 
-    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
-                             cfg.train.seed)
     total_steps = cfg.train.max_steps or _steps_from_corpus(corpus, cfg, accelerator)
 
     teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)

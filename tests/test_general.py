@@ -199,3 +199,53 @@ def test_cli_unknown_key_is_one_line_with_exit_code_2(tmp_path, teacher_dir, cor
         "progress_bar, resume_from, save_every, schedule, seed, teacher_dtype, tensorboard, warmup_ratio, "
         "weight_decay)"
     )
+
+
+def _student_with_other_vocab(config, tmp):
+    from conftest import make_bert
+
+    make_bert(tmp / "other_student", layers=2, hidden=16, heads=4, intermediate=32, vocab_size=40)
+    config["student"] = {"init": "checkpoint", "checkpoint": str(tmp / "other_student")}
+
+
+def _csv_without_text_column(config, tmp):
+    (tmp / "corpus.csv").write_text("body\n这家酒店很好\n", encoding="utf-8")
+    config["corpus"].update(path=str(tmp / "corpus.csv"))
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (_student_with_other_vocab, ModelError, r"teacher vocabulary has \d+ entries, student 40"),
+        (lambda c, t: c["train"].update(resume_from=str(t)), ConfigError, "is not a tinydistill checkpoint"),
+        (lambda c, t: (t / "empty_model").mkdir() or c.update(teacher=str(t / "empty_model")), ModelError,
+         "has no config.json"),
+        (lambda c, t: c.update(student={"init": "teacher_layers", "copy_teacher_layers": [2, 7]}), ModelError,
+         r"teacher layer 7 is out of range \(the teacher has 4 layers\)"),
+        (_csv_without_text_column, DataError, "has no column 'text'"),
+    ],
+    ids=["vocab-mismatch", "bad-resume-path", "teacher-without-config", "copied-layer-range", "csv-no-column"],
+)
+def test_more_bad_inputs_fail_with_a_clear_message(teacher_dir, corpus_file, tmp_path, change, error, message):
+    config = general_config(teacher_dir, corpus_file, tmp_path / "out")
+    change(config, tmp_path)
+    with pytest.raises(error, match=message):
+        run_general(from_dict(GeneralConfig, config))
+
+
+def test_student_checkpoint_init_requires_a_path():
+    config = general_config("t", "c.txt", "o")
+    config["student"] = {"init": "checkpoint"}
+    with pytest.raises(ConfigError, match=r"^student\.checkpoint: required when student\.init is 'checkpoint'"):
+        from_dict(GeneralConfig, config)
+
+
+def test_overwrite_refuses_a_directory_tinydistill_did_not_make(teacher_dir, corpus_file, tmp_path):
+    out = tmp_path / "someone_elses"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    config = general_config(teacher_dir, corpus_file, out)
+    config["overwrite"] = True
+    with pytest.raises(ConfigError, match="not empty and was not made by tinydistill; refusing to delete it"):
+        run_general(from_dict(GeneralConfig, config))
+    assert (out / "notes.txt").read_text() == "keep me"
