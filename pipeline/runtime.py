@@ -8,7 +8,6 @@ this module only composes them. One process, many GPUs or many nodes (`accelerat
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,11 +165,3 @@ def mean_across_processes(accelerator: Accelerator, values: dict[str, torch.Tens
     stacked = accelerator.reduce(stacked, reduction="mean")
     return {n: float(v) for n, v in zip(names, stacked.tolist())}
 
-
-def steps_for(total_sequences: int, batch_size: int, grad_accum: int, epochs: int) -> int:
-    """Optimiser steps for `epochs` passes over `total_sequences` per rank (partial batches dropped)."""
-    return max(0, (total_sequences // batch_size) // grad_accum) * epochs if total_sequences else 0
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
