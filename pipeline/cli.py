@@ -35,6 +35,14 @@ STAGE_COMMANDS = {
         "stages.general", "GeneralConfig", "run_general",
         "stage one: general distillation on a raw corpus", resume_key="train.resume_from",
     ),
+    "finetune": StageCommand(
+        "stages.finetune", "FinetuneConfig", "run_finetune",
+        "fine-tune a pretrained model on a task (the teacher for task distillation)", resume_key="train.resume_from",
+    ),
+    "task": StageCommand(
+        "stages.task", "TaskDistillConfig", "run_task",
+        "stage two: task distillation (intermediate step, then prediction step)", resume_key="resume_from",
+    ),
     "augment": StageCommand(
         "augment.build", "AugmentConfig", "run_augment",
         "build an augmented transfer set from a task dataset", shardable=True,

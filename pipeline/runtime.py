@@ -76,6 +76,8 @@ class TrainState:
     batches_in_epoch: int = 0
     samples_seen: int = 0
     tokens_seen: int = 0
+    best_metric: float | None = None  # tasks: the best dev score so far, and its step
+    best_step: int = 0
 
     def save(self, directory: Path, rank: int) -> None:
         write_json(directory / f"train_state_rank{rank}.json", asdict(self))

@@ -1,0 +1,90 @@
+"""Prediction-layer distillation (TinyBERT step 2, Hinton et al. 2015; Tang et al. 2019 for logits MSE).
+
+Pure functions: the per-batch loss terms of a student's logits against a teacher's logits and/or gold
+labels, and the schedule of the hard-label weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.losses import hard_cross_entropy, logits_mse, soft_cross_entropy
+
+
+@dataclass(frozen=True)
+class PredictionLossConfig:
+    """loss = soft term + hard_weight(t) * hard CE.
+
+    kind: `soft_ce` (cross-entropy of the softened distributions at `temperature`, times T^2 when
+    `scale_by_t2`; `scale_by_t2: false` at T=1 is TinyBERT's form) or `mse` (logits MSE, Tang et al.).
+    hard_weight: alpha of the gold-label cross-entropy (0: off, as in TinyBERT); hard_schedule makes
+    it `constant`, `linear_decay` (alpha -> 0) or `linear_increase` (0 -> alpha) over the steps.
+    regression_target: MSE to the teacher's prediction (`teacher`) or to the gold score (`gold`,
+    as TinyBERT does for STS-B).
+    """
+
+    kind: Literal["soft_ce", "mse"] = "soft_ce"
+    temperature: float = 1.0
+    scale_by_t2: bool = True
+    hard_weight: float = 0.0
+    hard_schedule: Literal["constant", "linear_decay", "linear_increase"] = "constant"
+    regression_target: Literal["teacher", "gold"] = "teacher"
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ConfigError(f"prediction.loss.temperature: must be > 0, got {self.temperature}")
+        if self.hard_weight < 0:
+            raise ConfigError(f"prediction.loss.hard_weight: must be >= 0, got {self.hard_weight}")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.hard_weight > 0 or self.regression_target == "gold"
+
+
+def hard_weight_at(cfg: PredictionLossConfig, progress: float) -> float:
+    """The hard-label weight when a fraction `progress` (0..1) of the steps is done."""
+    if cfg.hard_schedule == "linear_decay":
+        return cfg.hard_weight * (1.0 - progress)
+    if cfg.hard_schedule == "linear_increase":
+        return cfg.hard_weight * progress
+    return cfg.hard_weight
+
+
+def prediction_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    task_type: str,
+    cfg: PredictionLossConfig,
+    progress: float,
+    token_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Named loss terms and their weighted sum under "loss".
+
+    Classification: logits (B, C); token tasks: (B, L, C) with `token_mask` (B, L) selecting non-pad
+    tokens for the soft term (labels of -100 are skipped by the hard term); regression: (B, 1).
+    """
+    terms: dict[str, torch.Tensor] = {}
+    mask = token_mask if task_type == "token" else None
+    if task_type == "regression":
+        if cfg.regression_target == "gold":
+            terms["mse"] = logits_mse(student_logits, labels.float().reshape(-1, 1))
+        else:
+            terms["mse"] = logits_mse(student_logits, teacher_logits)
+        terms["loss"] = terms["mse"]
+        return terms
+    if cfg.kind == "mse":
+        terms["logits_mse"] = logits_mse(student_logits, teacher_logits, mask)
+    else:
+        terms["soft_ce"] = soft_cross_entropy(student_logits, teacher_logits, cfg.temperature, cfg.scale_by_t2, mask)
+    total = terms.get("soft_ce", terms.get("logits_mse"))
+    weight = hard_weight_at(cfg, progress)
+    if weight > 0:
+        terms["hard_ce"] = hard_cross_entropy(student_logits, labels)
+        total = total + weight * terms["hard_ce"]
+    terms["loss"] = total
+    return terms

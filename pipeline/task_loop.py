@@ -1,0 +1,149 @@
+"""The training loop of the task stages (`finetune`, and both steps of `task`) over a tokenized dataset.
+
+One function, `train_on_task_data`, owns the optimiser, schedule, Accelerate wrapping, exact resume,
+logging, checkpoints, dev evaluation and best-model selection. What is learned is the caller's
+`compute_terms(model, batch, progress) -> {"loss": ..., other terms}` (progress: the fraction of
+steps done, for scheduled loss weights); what is scored is the caller's
+`evaluate(model) -> {metric: value}`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.checkpoints import resolve_resume
+from pipeline.runtime import (
+    RunLog,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    load_checkpoint,
+    mean_across_processes,
+    save_checkpoint,
+)
+from pipeline.schema import TrainConfig
+from pipeline.tasks import collate, epoch_batches
+
+BEST_DIR = "best"
+
+
+@dataclass
+class Evaluation:
+    """Scores a model on dev: `evaluate(unwrapped_model) -> metrics`; `metric` is the selection key."""
+
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    metric: str
+    every: int | None = None  # steps; None: once per epoch (and always at the last step)
+    save_best: Callable[[torch.nn.Module, Path], None] | None = None  # writes a model into a directory
+
+
+def planned_steps(n_rows: int, train: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(total optimiser steps, steps per epoch) for a dataset of n_rows."""
+    batches = len(epoch_batches(n_rows, train.batch_size, 0, world_size, train.seed, 0, shuffle=False))
+    per_epoch = max(1, batches // train.grad_accum)
+    return (train.max_steps or per_epoch * train.epochs), per_epoch
+
+
+def train_on_task_data(accelerator, model: torch.nn.Module, dataset, compute_terms, train: TrainConfig,
+                       output_dir: Path, pad_id: int, description: str, header: dict,
+                       evaluation: Evaluation | None = None) -> tuple[torch.nn.Module, TrainState]:
+    """Train `model` on `dataset`; returns (the unwrapped model, the final state).
+
+    With `evaluation`, the model is scored on dev every `evaluation.every` steps and at the end; the
+    best one is written to `output_dir/best` by `evaluation.save_best` on the main process.
+    """
+    total_steps, per_epoch = planned_steps(len(dataset), train, accelerator.num_processes)
+    # One accelerator runs both steps of `task`; each step's checkpoints must hold only its own
+    # model, optimiser and schedule, or resuming step 2 would load step 1's objects into them.
+    accelerator.free_memory()
+    accelerator._custom_objects.clear()
+    optimizer = build_optimizer(list(model.named_parameters()), train)
+    scheduler = build_scheduler(optimizer, train, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    resume = resolve_resume(output_dir, train.resume_from)
+    state = load_checkpoint(accelerator, resume) if resume else TrainState()
+    eval_every = (evaluation.every or per_epoch) if evaluation else None
+
+    log = RunLog(accelerator, output_dir, total_steps, state.step, train.progress_bar, description)
+    log.header({**header, "processes": accelerator.num_processes, "steps": total_steps,
+                "effective_batch": train.batch_size * accelerator.num_processes * train.grad_accum,
+                "resumed_from": str(resume) if resume else None})
+    batches = _batches_from(dataset, state, train, accelerator, pad_id)
+    while state.step < total_steps:
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for _ in range(train.grad_accum):
+            epoch, index, batch = next(batches)
+            state.epoch, state.batches_in_epoch = epoch, index + 1
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                terms = compute_terms(model, batch, state.step / total_steps)
+                accelerator.backward(terms["loss"])
+                if accelerator.sync_gradients and train.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float() / train.grad_accum
+            tokens += int(batch["attention_mask"].sum())
+            state.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        state.step += 1
+        state.tokens_seen += tokens * accelerator.num_processes
+        is_log_step = state.step % train.log_every == 0 or state.step == total_steps
+        log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
+        if evaluation and (state.step % eval_every == 0 or state.step == total_steps):
+            _evaluate(accelerator, model, evaluation, state, output_dir, log)
+        if state.step % train.save_every == 0 or state.step == total_steps:
+            save_checkpoint(accelerator, output_dir, state, train.keep_checkpoints)
+    log.close()
+    return accelerator.unwrap_model(model), state
+
+
+def _evaluate(accelerator, model, evaluation: Evaluation, state: TrainState, output_dir: Path, log: RunLog) -> None:
+    """Score on dev (main process), keep the best model, and share the score with every rank."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    score = torch.zeros(1, device=accelerator.device)
+    if accelerator.is_main_process:
+        metrics = evaluation.evaluate(unwrapped)
+        score[0] = metrics[evaluation.metric]
+        improved = state.best_metric is None or metrics[evaluation.metric] > state.best_metric
+        log.event("dev", step=state.step, **{f"dev_{k}": v for k, v in metrics.items()}, best=improved)
+        if improved and evaluation.save_best:
+            _write_best(evaluation.save_best, unwrapped, output_dir / BEST_DIR)
+    score = accelerator.reduce(score, reduction="sum")  # only rank 0 contributed
+    value = float(score[0])
+    if state.best_metric is None or value > state.best_metric:
+        state.best_metric, state.best_step = value, state.step
+    model.train()
+    accelerator.wait_for_everyone()
+
+
+def _write_best(save: Callable, model: torch.nn.Module, target: Path) -> None:
+    temp = target.with_name(f".{target.name}.tmp")
+    if temp.exists():
+        shutil.rmtree(temp)
+    save(model, temp)
+    if target.exists():
+        shutil.rmtree(target)
+    temp.rename(target)
+
+
+def _batches_from(dataset, state: TrainState, train: TrainConfig, accelerator, pad_id: int) -> Iterator:
+    """(epoch, index in epoch, batch) forever from the state's data position (exact resume)."""
+    epoch, skip = state.epoch, state.batches_in_epoch
+    while True:
+        plan = epoch_batches(len(dataset), train.batch_size, accelerator.process_index,
+                             accelerator.num_processes, train.seed, epoch)
+        for index in range(skip, len(plan)):
+            yield epoch, index, collate(dataset.select(plan[index]).to_list(), pad_id)
+        epoch, skip = epoch + 1, 0

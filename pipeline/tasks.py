@@ -1,0 +1,347 @@
+"""Downstream task data: the `task` config section, label maps, tokenisation, batching and prediction.
+
+Shared by `finetune` (teacher fine-tuning), `task` (task distillation) and `evaluate`. Task types:
+  classification  one sentence, or a sentence pair when `text_pair` is set (labels: names or ids)
+  regression      STS-B style, one float per example (`num_labels` 1)
+  token           NER/POS: `tokens` (a list of words or characters) and `tags` (one per token); labels
+                  are put on the first sub-token of each word, the others get -100 and are not scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError, DataError, ModelError
+
+IGNORE_INDEX = -100
+DEFAULT_LABEL_PREFIX = "LABEL_"  # transformers' names for an unnamed label map
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What the task is and where its data lives.
+
+    Splits are files (`train: data/train.jsonl`), or split names inside `dataset` (a hub id or a
+    `save_to_disk` folder: `dataset: clue`, `name: tnews`, `train: train`, `dev: validation`).
+    `labels` fixes the label order; by default it is the sorted label values of the train split.
+    """
+
+    type: Literal["classification", "regression", "token"] = "classification"
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    dataset: str | None = None
+    name: str | None = None
+    format: Literal["auto", "csv", "tsv", "json", "parquet", "disk", "hub"] = "auto"
+    text: str | None = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    tokens: str = "tokens"
+    tags: str = "tags"
+    labels: list[str] | None = None
+    max_seq_len: int = 128
+
+    def __post_init__(self):
+        if self.max_seq_len < 8:
+            raise ConfigError(f"task.max_seq_len: must be >= 8, got {self.max_seq_len}")
+        if self.type != "token" and not self.text:
+            raise ConfigError(f"task.text: the text column is required for {self.type} tasks")
+        if self.type == "regression" and self.labels is not None:
+            raise ConfigError("task.labels: regression has no label names")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"task.labels: names must be unique, got {self.labels}")
+
+    @property
+    def columns(self) -> dict[str, str | None]:
+        if self.type == "token":
+            return {"tokens": self.tokens, "tags": self.tags}
+        return {"text": self.text, "text_pair": self.text_pair, "label": self.label}
+
+    @property
+    def label_column(self) -> str:
+        return self.tags if self.type == "token" else self.label
+
+
+def load_task_split(cfg: TaskConfig, split: str, role: str | None = None, need_labels: bool = True):
+    """One split as a `datasets.Dataset`, with the configured columns checked (one-line errors)."""
+    from augment.io import load_input
+
+    where = getattr(cfg, split) if role is None else role
+    if where is None:
+        raise ConfigError(f"task.{split}: not set")
+    source, split_name = (cfg.dataset, where) if cfg.dataset else (where, "train")
+    cache = Path(tempfile.gettempdir()) / "tinydistill-datasets-cache"
+    dataset = load_input(source, cfg.format, split_name, cfg.name, cache)
+    for key, column in cfg.columns.items():
+        if column is None or (key in ("label", "tags") and not need_labels):
+            continue
+        if column not in dataset.column_names:
+            raise DataError(
+                f"task.{key}: column {column!r} is not in the {split} split {where} "
+                f"(columns: {', '.join(dataset.column_names)})"
+            )
+    if len(dataset) == 0:
+        raise DataError(f"task.{split}: {where} has no examples")
+    return dataset
+
+
+def label_names_from(cfg: TaskConfig, train_dataset) -> list[str] | None:
+    """The label order: `task.labels`, or the sorted values of the train split (numbers numerically)."""
+    if cfg.type == "regression":
+        return None
+    if cfg.labels is not None:
+        return list(cfg.labels)
+    column = train_dataset[cfg.label_column]
+    values = {v for seq in column for v in seq} if cfg.type == "token" else set(column)
+    if None in values:
+        raise DataError(f"task.train: column {cfg.label_column!r} has empty labels")
+    if all(isinstance(v, (int, np.integer)) for v in values):
+        return [str(v) for v in sorted(values)]
+    names = sorted(str(v) for v in values)
+    if cfg.type == "token" and "O" in names:  # the outside tag first, then B-/I- pairs by type
+        names.remove("O")
+        names = ["O", *sorted(names, key=lambda t: (t[2:], t[:1]))]
+    return names
+
+
+def check_label_map(model_config, label_names: list[str] | None, role: str) -> list[str] | None:
+    """The label order to use with a model that already has a head (a fine-tuned teacher).
+
+    Refuses a model whose labels disagree with the data: a teacher trained with another label order
+    silently gives near-chance distillation (TinyBERT #229). Returns the model's order when the names
+    agree, so the student's head uses the same ids as the teacher's.
+    """
+    num_labels = getattr(model_config, "num_labels", None)
+    if label_names is None:  # regression
+        if num_labels != 1:
+            raise ModelError(f"{role} has {num_labels} outputs; a regression task needs a 1-output head")
+        return None
+    if num_labels != len(label_names):
+        raise ModelError(
+            f"{role} has {num_labels} labels but the data has {len(label_names)} ({', '.join(label_names)}): "
+            "the teacher must be fine-tuned on this task (tinydistill finetune)"
+        )
+    id2label = {int(k): str(v) for k, v in (model_config.id2label or {}).items()}
+    model_names = [id2label.get(i, f"{DEFAULT_LABEL_PREFIX}{i}") for i in range(num_labels)]
+    if all(name == f"{DEFAULT_LABEL_PREFIX}{i}" for i, name in enumerate(model_names)):
+        if label_names == [str(i) for i in range(num_labels)]:
+            return label_names  # integer labels 0..C-1 against an unnamed head: ids agree by construction
+        raise ModelError(
+            f"{role} has no label names (id2label is LABEL_0..LABEL_{num_labels - 1}) so its label order cannot "
+            f"be checked against the data's {label_names}; set id2label in its config.json or fine-tune it "
+            "with tinydistill finetune"
+        )
+    if set(model_names) != set(label_names):
+        raise ModelError(
+            f"{role}'s label map {dict(enumerate(model_names))} disagrees with the data's labels {label_names}"
+        )
+    return model_names
+
+
+def label_maps(label_names: list[str] | None) -> dict:
+    """`id2label`/`label2id`/`num_labels`/`problem_type` for a model config."""
+    if label_names is None:
+        return {"num_labels": 1, "id2label": {0: "score"}, "label2id": {"score": 0}, "problem_type": "regression"}
+    maps = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}
+    return maps
+
+
+def model_class_for(task_type: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if task_type == "token" else AutoModelForSequenceClassification
+
+
+def tokenize_task(dataset, tokenizer, cfg: TaskConfig, label_names: list[str] | None, split: str,
+                  need_labels: bool = True):
+    """Token ids plus `labels` (class id, float, or per-position ids with -100) and `example_index`.
+
+    Token tasks also keep `word_positions` (the first sub-token of each word, -1 when the word was
+    truncated away or produced no sub-token) and `word_labels`, so scores are per word.
+    """
+    label2id = {name: i for i, name in enumerate(label_names or [])}
+    has_labels = need_labels or cfg.label_column in dataset.column_names
+
+    def encode_label(value, row: int):
+        if cfg.type == "regression":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise DataError(f"task.{split}: row {row} has a non-numeric label {value!r}") from None
+        key = str(value)
+        if key not in label2id:
+            raise DataError(f"task.{split}: row {row} has label {value!r}, which is not one of {label_names}")
+        return label2id[key]
+
+    def encode(batch, indices):
+        if cfg.type == "token":
+            encoded = tokenizer(batch[cfg.tokens], is_split_into_words=True, truncation=True,
+                                max_length=cfg.max_seq_len)
+        else:
+            pair = batch[cfg.text_pair] if cfg.text_pair else None
+            encoded = tokenizer(batch[cfg.text], pair, truncation=True, max_length=cfg.max_seq_len)
+        out = {"input_ids": encoded["input_ids"], "example_index": indices}
+        out["token_type_ids"] = encoded.get("token_type_ids") or [[0] * len(ids) for ids in encoded["input_ids"]]
+        if cfg.type == "token":
+            positions, word_labels, labels = [], [], []
+            for i, row in enumerate(indices):
+                words = batch[cfg.tokens][i]
+                first = [-1] * len(words)
+                for position, word in enumerate(encoded.word_ids(i)):
+                    if word is not None and first[word] == -1:
+                        first[word] = position
+                positions.append(first)
+                tags = [encode_label(t, row) for t in batch[cfg.tags][i]] if has_labels else [0] * len(words)
+                if has_labels and len(tags) != len(words):
+                    raise DataError(f"task.{split}: row {row} has {len(words)} tokens but {len(tags)} tags")
+                per_position = [IGNORE_INDEX] * len(encoded["input_ids"][i])
+                for word, position in enumerate(first):
+                    if position >= 0:
+                        per_position[position] = tags[word]
+                word_labels.append(tags)
+                labels.append(per_position)
+            out.update(word_positions=positions, word_labels=word_labels, labels=labels)
+        elif has_labels:
+            out["labels"] = [encode_label(v, row) for v, row in zip(batch[cfg.label], indices)]
+        return out
+
+    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                       desc=f"tokenizing {split}")
+
+
+def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of tokenized rows; token labels pad with -100, cached teacher logits with 0."""
+    width = max(len(r["input_ids"]) for r in rows)
+    size = len(rows)
+    batch = {
+        "input_ids": torch.full((size, width), pad_id, dtype=torch.long),
+        "token_type_ids": torch.zeros((size, width), dtype=torch.long),
+        "attention_mask": torch.zeros((size, width), dtype=torch.long),
+        "example_index": torch.tensor([r["example_index"] for r in rows], dtype=torch.long),
+    }
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        batch["input_ids"][i, :n] = torch.tensor(row["input_ids"])
+        batch["token_type_ids"][i, :n] = torch.tensor(row["token_type_ids"])
+        batch["attention_mask"][i, :n] = 1
+    if "labels" in rows[0]:
+        first = rows[0]["labels"]
+        if isinstance(first, list):
+            labels = torch.full((size, width), IGNORE_INDEX, dtype=torch.long)
+            for i, row in enumerate(rows):
+                labels[i, : len(row["labels"])] = torch.tensor(row["labels"])
+            batch["labels"] = labels
+        else:
+            dtype = torch.float32 if isinstance(first, float) else torch.long
+            batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
+    if "teacher_logits" in rows[0]:
+        first = np.asarray(rows[0]["teacher_logits"], dtype=np.float32)
+        if first.ndim == 2:  # token task: (tokens, classes) per row
+            logits = torch.zeros((size, width, first.shape[1]))
+            for i, row in enumerate(rows):
+                values = torch.tensor(np.asarray(row["teacher_logits"], dtype=np.float32))
+                logits[i, : values.shape[0]] = values
+        else:
+            logits = torch.tensor(np.stack([np.asarray(r["teacher_logits"], dtype=np.float32) for r in rows]))
+        batch["teacher_logits"] = logits
+    return batch
+
+
+def epoch_batches(n_rows: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[list[int]]:
+    """This rank's row indices for every step of one epoch.
+
+    One seeded permutation per epoch (the same on every rank); each step takes the next
+    batch_size * world_size rows and rank r gets the r-th slice, so N processes at batch b see the
+    same examples per step as one process at batch N*b. The incomplete tail is dropped.
+    """
+    global_batch = batch_size * world_size
+    if n_rows < global_batch:
+        raise DataError(
+            f"the training set has {n_rows} rows, fewer than one step of batch_size {batch_size} x "
+            f"{world_size} processes"
+        )
+    if shuffle:
+        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    else:
+        order = list(range(n_rows))
+    steps = n_rows // global_batch
+    return [order[s * global_batch + rank * batch_size: s * global_batch + (rank + 1) * batch_size]
+            for s in range(steps)]
+
+
+def iterate_batches(dataset, indices: list[list[int]], pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    for rows in indices:
+        yield collate(dataset.select(rows).to_list(), pad_id)
+
+
+@torch.no_grad()
+def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list[np.ndarray]:
+    """Logits for every row in order: (C,) per example, or (L_i, C) per example for token tasks."""
+    model.eval()
+    results: list[np.ndarray] = []
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
+        batch = collate(rows, pad_id)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       token_type_ids=batch["token_type_ids"].to(device)).logits.float().cpu().numpy()
+        for i, row in enumerate(rows):
+            results.append(logits[i, : len(row["input_ids"])] if logits.ndim == 3 else logits[i])
+    return results
+
+
+def score_predictions(cfg: TaskConfig, label_names: list[str] | None, logits: list[np.ndarray], dataset) -> dict:
+    """The task's metrics for `logits` (from `predict_logits`) against the tokenized split's labels."""
+    from pipeline.metrics import task_metrics
+
+    if cfg.type == "token":
+        outside = "O" if "O" in (label_names or []) else label_names[0]
+        gold, predicted = [], []
+        for row_logits, row in zip(logits, dataset.select_columns(["word_positions", "word_labels"])):
+            tags = row_logits.argmax(-1)
+            gold.append([label_names[i] for i in row["word_labels"]])
+            predicted.append([label_names[tags[p]] if p >= 0 else outside for p in row["word_positions"]])
+        return task_metrics("token", predicted, gold)
+    labels = np.asarray(dataset["labels"])
+    if cfg.type == "regression":
+        return task_metrics("regression", np.asarray([float(x[0]) for x in logits]), labels)
+    return task_metrics("classification", np.asarray([int(x.argmax()) for x in logits]), labels,
+                        num_labels=len(label_names))
+
+
+def dataset_fingerprint(dataset, columns: tuple[str, ...] = ("input_ids", "token_type_ids")) -> str:
+    """A content hash of the token columns (what a teacher's logits depend on)."""
+    import pyarrow as pa
+
+    digest = hashlib.sha256(str(len(dataset)).encode())
+    table = dataset.with_format(None).data.table if hasattr(dataset.data, "table") else dataset.data
+    for name in columns:
+        column = pa.chunked_array(table.column(name).chunks).combine_chunks()
+        if dataset._indices is not None:  # a selected/shuffled view: hash the rows it shows, in order
+            column = column.take(dataset._indices.column(0))
+        digest.update(name.encode())
+        digest.update(np.asarray(column.value_lengths()).tobytes())
+        digest.update(np.asarray(column.flatten()).astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def check_seq_len(cfg: TaskConfig, *model_configs) -> None:
+    for config in model_configs:
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and cfg.max_seq_len > limit:
+            raise ModelError(f"task.max_seq_len {cfg.max_seq_len} exceeds max_position_embeddings {limit}")
+
+
+def tokenize_splits(cfg: TaskConfig, tokenizer, label_names: list[str] | None, raw: dict) -> dict:
+    """{split: tokenized dataset} for the raw splits given (None entries are kept as None)."""
+    return {split: None if data is None else tokenize_task(data, tokenizer, cfg, label_names, split)
+            for split, data in raw.items()}
