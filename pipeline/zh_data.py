@@ -89,9 +89,9 @@ def split_rows(rows: list, dev_fraction: float, test_fraction: float, rng: rando
     n_dev = round(len(shuffled) * dev_fraction)
     n_test = round(len(shuffled) * test_fraction)
     return {
+        "train": shuffled[n_dev + n_test:],
         "dev": shuffled[:n_dev],
         "test": shuffled[n_dev:n_dev + n_test],
-        "train": shuffled[n_dev + n_test:],
     }
 
 
