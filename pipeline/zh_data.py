@@ -278,15 +278,20 @@ def sentence_bounds(tagged: TaggedLine, spans: list[tuple[int, int, str]], max_c
             if i not in inside and (after is None or (words[i - 1] in after and words[i] not in CLOSERS))
         ]
 
-    def ends_sentence(i: int) -> bool:
-        j = i - 1
-        while j > 0 and words[j] in CLOSERS:
-            j -= 1
-        return words[j] in SENTENCE_ENDS and words[i] not in CLOSERS
-
-    sentence_cuts = [i for i in range(1, len(words)) if i not in inside and ends_sentence(i)]
+    sentence_cuts = []
+    after_end = False  # the previous word ends a sentence, or closes a quote after a sentence end
+    for i in range(1, len(words)):
+        if words[i - 1] in SENTENCE_ENDS:
+            after_end = True
+        elif words[i - 1] not in CLOSERS:
+            after_end = False
+        if after_end and words[i] not in CLOSERS and i not in inside:
+            sentence_cuts.append(i)
     bounds = []
     for start, end in _cut(0, len(words), sentence_cuts):
+        if offsets[end] - offsets[start] <= max_chars:
+            bounds.append((start, end))
+            continue
         for clause in _pack(start, end, cuts(start, end, CLAUSE_ENDS), offsets, max_chars):
             bounds.extend(_pack(*clause, cuts(*clause, None), offsets, max_chars))
     return bounds
