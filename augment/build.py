@@ -22,13 +22,14 @@ from pathlib import Path
 from augment.candidates import CandidateFilter, dictionary_table, load_synonym_dictionary, merge_tables
 from augment.config import AugmentConfig, parse_shard
 from augment.generate import HIDDEN_COLUMNS, SegmentBatch, VariantBuilder, word_columns
-from augment.io import check_columns, load_input, make_temp_dir, publish, refuse_finished, shard_range
+from augment.io import check_columns, make_temp_dir, publish, refuse_finished
 from augment.lexicon import load_pos_lexicon
 from augment.mlm import MaskedLMFiller
 from augment.stats import count_rows, summarise
 from augment.vectors import load_word_vectors, neighbour_table
 from augment.words import Eligibility, Segmenter, WordTagger, detect_language, load_stopwords
 from pipeline.config import atomic_write_text, dump_yaml, write_resolved_config
+from pipeline.dataset_files import load_input, shard_range
 from pipeline.errors import DataError
 
 __all__ = ["AugmentConfig", "run_augment"]

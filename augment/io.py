@@ -14,55 +14,6 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError, DataError
 
-_BUILDERS = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t"}),
-    ".json": ("json", {}),
-    ".jsonl": ("json", {}),
-    ".parquet": ("parquet", {}),
-    ".txt": ("text", {}),
-}
-
-
-def load_input(path: str, format: str, split: str, name: str | None, cache_dir: Path):
-    """A `datasets.Dataset` from a local file, a `save_to_disk` folder, or a hub id (memory-mapped)."""
-    import datasets
-
-    local = Path(path)
-    try:
-        if local.is_dir() and format in ("auto", "disk"):
-            data = datasets.load_from_disk(str(local))
-            if isinstance(data, datasets.DatasetDict):
-                if split not in data:
-                    raise DataError(f"input.split: {split!r} is not in {path} (splits: {', '.join(data)})")
-                data = data[split]
-            return data
-        if local.is_file():
-            suffix = {"tsv": ".tsv", "csv": ".csv", "json": ".json", "parquet": ".parquet", "text": ".txt"}
-            builder, kwargs = _BUILDERS.get(suffix.get(format, local.suffix.lower()), (None, {}))
-            if builder is None:
-                raise DataError(f"input.format: cannot tell the format of {path}; set input.format")
-            if local.stat().st_size == 0:
-                raise DataError(f"input.path: {path} is empty (no examples)")
-            return datasets.load_dataset(
-                builder, data_files=str(local), split="train", cache_dir=str(cache_dir), **kwargs
-            )
-        if format in ("auto", "hub") and not path.startswith((".", "/", "~")):
-            return datasets.load_dataset(path, name, split=split, cache_dir=str(cache_dir))
-    except DataError:
-        raise
-    except ValueError as err:
-        if "corresponds to no data" in str(err):  # datasets' words for a file with a header and no rows
-            raise DataError(f"input.path: {path} has no examples") from None
-        raise DataError(f"input.path: cannot read {path}: {_first_line(err)}") from None
-    except Exception as err:  # noqa: BLE001 -- datasets/pyarrow/pandas/hub errors all mean "cannot read this input"
-        raise DataError(f"input.path: cannot read {path}: {_first_line(err)}") from None
-    raise DataError(f"input.path: not found: {path}")
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
 
 def check_columns(dataset, wanted: dict[str, str | None], path: str) -> None:
     """Every configured column exists; the dataset is not empty."""
@@ -73,13 +24,6 @@ def check_columns(dataset, wanted: dict[str, str | None], path: str) -> None:
             )
     if len(dataset) == 0:
         raise DataError(f"input.path: {path} has no examples")
-
-
-def shard_range(n_rows: int, index: int, count: int) -> range:
-    """Rows of contiguous shard `index` of `count`, as `datasets.Dataset.shard(contiguous=True)` cuts them."""
-    size, extra = divmod(n_rows, count)
-    start = size * index + min(index, extra)
-    return range(start, start + size + (1 if index < extra else 0))
 
 
 def refuse_finished(output_dir: Path, overwrite: bool) -> None:

@@ -44,6 +44,10 @@ STAGE_COMMANDS = {
         "stages.task", "TaskDistillConfig", "run_task",
         "stage two: task distillation (intermediate step, then prediction step)", resume_key="resume_from",
     ),
+    "evaluate": StageCommand(
+        "stages.evaluate", "EvaluateConfig", "run_evaluate",
+        "teacher vs student: task scores, retention, size, CPU latency, training curves",
+    ),
     "augment": StageCommand(
         "augment.build", "AugmentConfig", "run_augment",
         "build an augmented transfer set from a task dataset", shardable=True,

@@ -67,7 +67,7 @@ def _compute(accelerator, dataset, teacher, entry: Path, batch_size: int, pad_id
     """Each rank scores its contiguous shard; the main process joins the shards into one column."""
     import datasets
 
-    from augment.io import shard_range
+    from pipeline.dataset_files import shard_range
 
     parts = entry.with_name(f".{entry.name}.parts")
     if accelerator.is_main_process:

@@ -46,11 +46,6 @@ from pipeline.errors import DataError
 LatencyTable = dict[int, dict[str, float]]
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    """All parameters, trainable or not (a frozen embedding still costs memory and compute)."""
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
 def latency_batches(tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, max_seq_len: int,
                     batch_sizes: Iterable[int] = (1, 32)) -> dict[int, dict[str, torch.Tensor]]:
     """One tokenized batch per batch size, built from the first `bs` texts (cycling when there are fewer).

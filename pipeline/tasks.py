@@ -72,14 +72,20 @@ class TaskConfig:
 
 def load_task_split(cfg: TaskConfig, split: str, role: str | None = None, need_labels: bool = True):
     """One split as a `datasets.Dataset`, with the configured columns checked (one-line errors)."""
-    from augment.io import load_input
+    from pipeline.dataset_files import load_input
 
     where = getattr(cfg, split) if role is None else role
     if where is None:
         raise ConfigError(f"task.{split}: not set")
     source, split_name = (cfg.dataset, where) if cfg.dataset else (where, "train")
     cache = Path(tempfile.gettempdir()) / "tinydistill-datasets-cache"
-    dataset = load_input(source, cfg.format, split_name, cfg.name, cache)
+    try:
+        dataset = load_input(source, cfg.format, split_name, cfg.name, cache)
+    except DataError as err:  # name the task key, not the loader's generic one
+        message = str(err)
+        for generic in ("input.path: ", "input.format: ", "input.split: "):
+            message = message.replace(generic, f"task.{split}: ")
+        raise DataError(message) from None
     for key, column in cfg.columns.items():
         if column is None or (key in ("label", "tags") and not need_labels):
             continue

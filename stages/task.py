@@ -216,7 +216,7 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
     task_type = cfg.task.type
     live_teacher = None
     if step.cache_teacher_logits:
-        transfer, entry = with_teacher_logits(accelerator, transfer, teacher, cfg.teacher, cfg.cache_dir,
+        transfer, _ = with_teacher_logits(accelerator, transfer, teacher, cfg.teacher, cfg.cache_dir,
                                               cfg.eval_batch_size, pad_id, log=tqdm.write)
     else:
         live_teacher = teacher

@@ -9,9 +9,9 @@ from conftest import CHINESE_SENTENCES
 from transformers import AutoTokenizer, BertModel
 
 from pipeline.errors import DataError
+from pipeline.models import count_parameters
 from pipeline.report import (
     complete_report,
-    count_parameters,
     format_report_table,
     latency_batches,
     measure_latency,

@@ -293,3 +293,44 @@ def test_regression_task_distils_to_the_teachers_scores(tmp_path):
     cfg["mapping"] = {"teacher_layers": [1, 2]}
     run_task(from_dict(TaskDistillConfig, cfg))
     assert set(json.loads((out / "metrics.json").read_text())["dev"]) >= {"pearson", "spearman", "corr"}
+
+
+def test_evaluate_reports_scores_retention_size_latency_and_curves(fine_tuned_teacher, sentiment_files, tmp_path,
+                                                                   capsys):
+    import yaml
+
+    student = tmp_path / "student"
+    run_task(from_dict(TaskDistillConfig, task_config(fine_tuned_teacher, sentiment_files, student)))
+    config = tmp_path / "evaluate.yaml"
+    config.write_text(yaml.safe_dump({
+        "teacher": str(fine_tuned_teacher), "student": str(student), "task": task_section(sentiment_files),
+        "output_dir": str(tmp_path / "report"), "name": "reviews",
+        "latency": {"batch_sizes": [1, 4], "min_seconds": 0.05},
+    }))
+    assert cli_main(["evaluate", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "| teacher |" in printed and "| student |" in printed and "report.md" in printed
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    teacher, distilled = report["models"]["teacher"], report["models"]["student"]
+    assert report["task"]["split"] == "dev" and report["main_metric"] == "accuracy"
+    assert report["retention_percent"] == pytest.approx(
+        100 * distilled["metrics"]["accuracy"] / teacher["metrics"]["accuracy"])
+    assert report["parameter_ratio"] == pytest.approx(teacher["parameters"] / distilled["parameters"])
+    assert teacher["parameters"] > distilled["parameters"]
+    assert set(teacher["latency"]) == {"1", "4"} and teacher["latency"]["4"]["ms_per_example"] > 0
+    assert set(report["speedup"]) == {"1", "4"}
+    assert (tmp_path / "report" / "training_curves.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_a_student_with_another_label_map(fine_tuned_teacher, sentiment_files, tmp_path):
+    from stages.evaluate import EvaluateConfig, run_evaluate
+
+    wrong = tmp_path / "wrong"
+    model = AutoModelForSequenceClassification.from_pretrained(fine_tuned_teacher)
+    model.config.id2label, model.config.label2id = {0: "pos", 1: "neg"}, {"pos": 0, "neg": 1}
+    model.save_pretrained(wrong)
+    save_tokenizer(wrong, CHINESE_SENTENCES)
+    with pytest.raises(ModelError, match="order their labels differently"):
+        run_evaluate(from_dict(EvaluateConfig, {"teacher": str(fine_tuned_teacher), "student": str(wrong),
+                                                "task": task_section(sentiment_files),
+                                                "output_dir": str(tmp_path / "r")}))
