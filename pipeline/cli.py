@@ -3,6 +3,7 @@
     tinydistill general configs/general_tinybert4_zh.yaml train.lr=1e-4 --resume
     tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4
     tinydistill prepare-zh-data data/zh --max-train 2000
+    tinydistill build-vocab runs/vocab_zh data/zh_corpus/*.txt --min-count 2
 
 Stage commands take a YAML config plus dotted overrides. Problems a user can fix (`TinyDistillError`)
 are printed as one line on stderr with exit code 2; nothing else is caught.
@@ -48,6 +49,11 @@ STAGE_COMMANDS = {
         "stages.evaluate", "EvaluateConfig", "run_evaluate",
         "teacher vs student: task scores, retention, size, CPU latency, training curves",
     ),
+    "pretrain": StageCommand(
+        "stages.pretrain", "PretrainConfig", "run_pretrain",
+        "masked-LM pretraining of a (small) BERT, e.g. a teacher when none can be downloaded",
+        resume_key="train.resume_from",
+    ),
     "augment": StageCommand(
         "augment.build", "AugmentConfig", "run_augment",
         "build an augmented transfer set from a task dataset", shardable=True,
@@ -70,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if spec.shardable:
             sub.add_argument("--shard", default=None, metavar="I/N", help="build only shard I of N")
+
+    vocab = commands.add_parser(
+        "build-vocab", help="build a character vocabulary and BertTokenizer from text files (for pretrain)"
+    )
+    vocab.add_argument("output_dir", type=Path)
+    vocab.add_argument("corpus", type=Path, nargs="+", help="UTF-8 text files")
+    vocab.add_argument("--min-count", type=int, default=1)
+    vocab.add_argument("--max-size", type=int, default=None)
 
     lexicon = commands.add_parser(
         "pos-lexicon", help="build a word -> majority POS lexicon from a word/tag corpus (People's Daily 1998 format)"
@@ -118,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace):
     if args.command in STAGE_COMMANDS:
         return _run_stage(STAGE_COMMANDS[args.command], args)
+    if args.command == "build-vocab":
+        from pipeline.vocab import build_char_vocab
+
+        return build_char_vocab(args.corpus, args.output_dir, min_count=args.min_count, max_size=args.max_size)
     if args.command == "pos-lexicon":
         from augment.lexicon import build_pos_lexicon
 

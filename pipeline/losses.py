@@ -110,6 +110,17 @@ def hard_cross_entropy(
     )
 
 
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Masked-LM cross-entropy (Devlin et al. 2019): mean over the selected positions only.
+
+    (B, L, V) logits and (B, L) labels holding the original token id where a position was selected
+    for prediction and `ignore_index` elsewhere. A batch with no selected position gives 0, not NaN.
+    """
+    selected = labels != ignore_index
+    picked = F.cross_entropy(logits[selected].float(), labels[selected], reduction="sum")
+    return picked / selected.sum().clamp_min(1)
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return values.mean()

@@ -13,12 +13,14 @@ from pipeline.schema import StudentConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_model_source(name_or_path: str, role: str) -> None:
-    """A clear error for a local path that does not exist, before transformers tries the hub."""
+def check_model_source(name_or_path: str, role: str, markers: tuple[str, ...] = ("config.json",)) -> None:
+    """A clear error for a local path that does not exist, before transformers tries the hub.
+    A local directory must hold one of `markers` (the files that make it a saved model or tokenizer)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise ModelError(f"{role} directory {name_or_path} has no config.json (not a saved model)")
+        if path.is_dir() and not any((path / marker).is_file() for marker in markers):
+            what = "a saved model" if markers == ("config.json",) else "a saved model or tokenizer"
+            raise ModelError(f"{role} directory {name_or_path} has no {' or '.join(markers)} (not {what})")
         return
     # Hub ids look like "name" or "org/name"; anything else is a local path that is missing.
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
@@ -35,7 +37,8 @@ def load_model_config(name_or_path: str, role: str) -> PretrainedConfig:
 
 
 def load_tokenizer(name_or_path: str, role: str = "tokenizer"):
-    check_model_source(name_or_path, role)
+    """The tokenizer of a saved model, or a tokenizer saved alone (e.g. by `tinydistill build-vocab`)."""
+    check_model_source(name_or_path, role, markers=("config.json", "tokenizer_config.json"))
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:

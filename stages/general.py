@@ -9,7 +9,6 @@ Output (`output_dir`): the student in `save_pretrained` format with the tokenize
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import torch
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import mark_finished, prepare_output_dir, resolve_resume
 from pipeline.config import write_resolved_config
-from pipeline.data import TokenizedCorpus, corpus_batches
-from pipeline.errors import DataError
+from pipeline.data import TokenizedCorpus
 from pipeline.intermediate import (
     StudentWithProjections,
     freeze_outside_encoder,
@@ -44,7 +42,9 @@ from pipeline.runtime import (
     load_checkpoint,
     make_accelerator,
     mean_across_processes,
+    resumable_batches,
     save_checkpoint,
+    steps_from_corpus,
 )
 from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 
@@ -83,7 +83,7 @@ def run_general(cfg: GeneralConfig) -> Path:
     accelerator.wait_for_everyone()
     resume_checkpoint = resolve_resume(output_dir, cfg.train.resume_from)
 
-    total_steps = cfg.train.max_steps or _steps_from_corpus(corpus, cfg, accelerator)
+    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
 
     teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)
     previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
@@ -108,7 +108,7 @@ def run_general(cfg: GeneralConfig) -> Path:
         "projection_params": count_parameters(projections),
         "resumed_from": str(resume_checkpoint) if resume_checkpoint else None,
     })
-    batches = _batches_from(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+    batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
     with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
             capture_attention_scores(student, layer_map.student_layers) as student_captured:
         while state.step < total_steps:
@@ -145,43 +145,6 @@ def run_general(cfg: GeneralConfig) -> Path:
     log.close()
     _save_student(accelerator, model, tokenizer, output_dir, state)
     return output_dir
-
-
-def _batches_from(corpus: TokenizedCorpus, state: TrainState, batch_size: int, pad_id: int) -> Iterator:
-    """(epoch, index in epoch, batch) forever, starting at the state's data position (exact resume)."""
-    epoch, skip = state.epoch, state.batches_in_epoch
-    while True:
-        corpus.epoch = epoch
-        produced = 0
-        for index, batch in enumerate(corpus_batches(corpus, batch_size, pad_id)):
-            produced += 1
-            if index >= skip:
-                yield epoch, index, batch
-        if produced == 0:
-            raise DataError(
-                f"corpus {corpus.cfg.path} gives this process no full batch of {batch_size} sequences "
-                f"(skipped lines: {corpus.skipped.as_dict() or 'none'})"
-            )
-        epoch, skip = epoch + 1, 0
-
-
-def _steps_from_corpus(corpus: TokenizedCorpus, cfg: GeneralConfig, accelerator) -> int:
-    """Count one epoch's sequences (min over ranks) when train.max_steps is not set."""
-    count = sum(1 for _ in corpus)
-    counts = accelerator.gather(torch.tensor([count], device=accelerator.device))
-    per_rank = int(counts.min())
-    if per_rank == 0:
-        raise DataError(
-            f"corpus {cfg.corpus.path} is empty: no usable text (skipped lines: {corpus.skipped.as_dict() or 'none'})"
-        )
-    steps_per_epoch = (per_rank // cfg.train.batch_size) // cfg.train.grad_accum
-    if steps_per_epoch == 0:
-        raise DataError(
-            f"corpus {cfg.corpus.path} gives {per_rank} sequences per process, fewer than one step of "
-            f"batch_size {cfg.train.batch_size} x grad_accum {cfg.train.grad_accum}"
-        )
-    corpus.skipped.counts.clear()
-    return steps_per_epoch * cfg.train.epochs
 
 
 def _save_student(accelerator, model, tokenizer, output_dir: Path, state: TrainState) -> None:

@@ -1,0 +1,235 @@
+"""Masked-language-model pretraining of a BERT, from scratch or continued from a saved model.
+
+    tinydistill pretrain configs/pretrain_teacher_zh.yaml [key=value ...] [--resume] [--overwrite]
+
+For the offline quickstart, where no pretrained Chinese BERT can be downloaded: `tinydistill build-vocab`
+makes a character vocabulary, this stage trains a small teacher on the raw corpus, and fine-tuning
+and the two distillation stages take it from there. Masking follows BERT (Devlin et al. 2019, sec. 3.1):
+each real token is selected with probability `mlm_probability`; a selected token becomes [MASK] 80% of
+the time, a random token 10%, itself 10%, and the model predicts the original at every selected
+position. Special tokens and padding are never selected.
+
+Output (`output_dir`): a `BertForMaskedLM` in `save_pretrained` format with the tokenizer,
+`resolved_config.yaml`, `train_log.jsonl`, `checkpoints/`, and `tinydistill_run.json` written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForMaskedLM, BertConfig, PreTrainedModel
+
+from pipeline.checkpoints import mark_finished, prepare_output_dir, resolve_resume
+from pipeline.config import write_resolved_config
+from pipeline.data import TokenizedCorpus
+from pipeline.errors import ConfigError, ModelError
+from pipeline.losses import masked_lm_loss
+from pipeline.models import count_parameters, load_pretrained, load_tokenizer
+from pipeline.runtime import (
+    RunLog,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    load_checkpoint,
+    make_accelerator,
+    mean_across_processes,
+    resumable_batches,
+    save_checkpoint,
+    steps_from_corpus,
+)
+from pipeline.schema import CorpusConfig, TrainConfig
+
+IGNORE_INDEX = -100
+ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
+
+
+@dataclass(frozen=True)
+class PretrainModelConfig:
+    """The model to pretrain: a fresh BERT of the given sizes (vocabulary from the tokenizer), or
+    `init_from` a saved model to continue pretraining (its architecture is used; leave the sizes out).
+    `dropout` applies in both cases; `max_position_embeddings` only to a fresh model."""
+
+    init_from: str | None = None
+    num_hidden_layers: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    max_position_embeddings: int = 512
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        for name in ARCHITECTURE_KEYS:
+            value = getattr(self, name)
+            if self.init_from is None and value is None:
+                raise ConfigError(f"model.{name}: required unless model.init_from is set")
+            if self.init_from is not None and value is not None:
+                raise ConfigError(f"model.{name}: not used with model.init_from (the saved model's size is kept)")
+            if value is not None and value < 1:
+                raise ConfigError(f"model.{name}: must be >= 1, got {value}")
+        if self.max_position_embeddings < 8:
+            raise ConfigError(f"model.max_position_embeddings: must be >= 8, got {self.max_position_embeddings}")
+        if self.init_from is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size: {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    tokenizer: str
+    corpus: CorpusConfig
+    output_dir: str
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    mlm_probability: float = 0.15
+    train: TrainConfig = field(default_factory=TrainConfig)
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not 0.0 < self.mlm_probability <= 1.0:
+            raise ConfigError(f"mlm_probability: must be in (0, 1], got {self.mlm_probability}")
+        limit = self.model.max_position_embeddings
+        if self.model.init_from is None and self.corpus.max_seq_len > limit:
+            raise ConfigError(f"corpus.max_seq_len: {self.corpus.max_seq_len} exceeds model.max_position_embeddings "
+                              f"{limit}")
+
+
+def run_pretrain(cfg: PretrainConfig) -> Path:
+    """Pretrain a masked LM on `cfg.corpus`; returns the output directory."""
+    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    # Everything that can be wrong with the inputs is checked before the output directory is made.
+    tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
+    if tokenizer.mask_token_id is None:
+        raise ModelError(f"tokenizer {cfg.tokenizer!r} has no mask token; masked-LM pretraining needs one")
+    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
+                             cfg.train.seed)
+    model = build_masked_lm(cfg.model, len(tokenizer), cfg.corpus.max_seq_len)
+    output_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        write_resolved_config(cfg, output_dir)
+    accelerator.wait_for_everyone()
+    resume_checkpoint = resolve_resume(output_dir, cfg.train.resume_from)
+
+    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
+
+    optimizer = build_optimizer(list(model.named_parameters()), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    state = load_checkpoint(accelerator, resume_checkpoint) if resume_checkpoint else TrainState()
+
+    log = RunLog(accelerator, output_dir, total_steps, state.step, cfg.train.progress_bar, "mlm pretraining")
+    log.header({
+        "processes": accelerator.num_processes,
+        "effective_batch": cfg.train.batch_size * accelerator.num_processes * cfg.train.grad_accum,
+        "steps": total_steps,
+        "model_params": count_parameters(model),
+        "vocab_size": len(tokenizer),
+        "mlm_probability": cfg.mlm_probability,
+        "resumed_from": str(resume_checkpoint) if resume_checkpoint else None,
+    })
+    never_masked = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+    model.train()
+    while state.step < total_steps:
+        sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for micro in range(cfg.train.grad_accum):
+            epoch, index, batch = next(batches)
+            state.epoch, state.batches_in_epoch = epoch, index + 1
+            generator = masking_generator(cfg.train.seed, accelerator.process_index, state.step, micro)
+            maskable = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], never_masked)
+            batch["input_ids"], labels = mask_tokens(batch["input_ids"], maskable, tokenizer.mask_token_id,
+                                                     len(tokenizer), cfg.mlm_probability, generator)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            labels = labels.to(accelerator.device)
+            with accelerator.accumulate(model):
+                logits = model(**batch).logits
+                loss = masked_lm_loss(logits, labels, IGNORE_INDEX)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            terms = {"loss": loss.detach(), "mlm_accuracy": masked_accuracy(logits.detach(), labels)}
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value / cfg.train.grad_accum
+            tokens += int(batch["attention_mask"].sum())
+            state.samples_seen += labels.shape[0] * accelerator.num_processes
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        state.step += 1
+        state.tokens_seen += tokens * accelerator.num_processes
+        is_log_step = state.step % cfg.train.log_every == 0 or state.step == total_steps
+        log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
+        if state.step % cfg.train.save_every == 0 or state.step == total_steps:
+            save_checkpoint(accelerator, output_dir, state, cfg.train.keep_checkpoints)
+    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
+    log.close()
+    _save_model(accelerator, model, tokenizer, output_dir, state)
+    return output_dir
+
+
+def build_masked_lm(cfg: PretrainModelConfig, vocab_size: int, max_seq_len: int) -> PreTrainedModel:
+    """A fresh BertForMaskedLM of the configured size, or the saved model, with sdpa attention, in float32."""
+    dropout = {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}
+    if cfg.init_from is None:
+        config = BertConfig(vocab_size=vocab_size, max_position_embeddings=cfg.max_position_embeddings,
+                            **{name: getattr(cfg, name) for name in ARCHITECTURE_KEYS}, **dropout)
+        return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
+    model = load_pretrained(AutoModelForMaskedLM, cfg.init_from, "model.init_from", dtype=torch.float32, **dropout)
+    if model.config.vocab_size != vocab_size:
+        raise ModelError(
+            f"model.init_from: {cfg.init_from} has a vocabulary of {model.config.vocab_size} entries, "
+            f"the tokenizer {vocab_size}; both must read the same token ids"
+        )
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_seq_len > limit:
+        raise ModelError(f"corpus.max_seq_len: {max_seq_len} exceeds the max_position_embeddings {limit} of "
+                         f"{cfg.init_from}")
+    return model.float()
+
+
+def masking_generator(seed: int, rank: int, step: int, micro_batch: int) -> torch.Generator:
+    """A generator for one micro-batch's masking, a function of where it is in the run and nothing else,
+    so a resumed run draws exactly the masks an uninterrupted one would."""
+    key = hashlib.blake2b(f"mlm:{seed}:{rank}:{step}:{micro_batch}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
+
+
+def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_token_id: int, vocab_size: int,
+                probability: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: (inputs, labels). Each `maskable` position is selected with `probability`;
+    a selected one becomes [MASK] (80%), a uniformly random token (10%) or stays itself (10%). Labels
+    hold the original id at selected positions and -100 elsewhere. Every draw is made for every
+    position, so the draws depend only on the shape and the generator."""
+    shape = input_ids.shape
+    selected = (torch.rand(shape, generator=generator) < probability) & maskable
+    how = torch.rand(shape, generator=generator)
+    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=input_ids.dtype)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    inputs = torch.where(selected & (how < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    inputs = torch.where(selected & (how >= 0.8) & (how < 0.9), random_ids, inputs)
+    return inputs, labels
+
+
+def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of selected positions whose most likely token is the original (0 when none is selected)."""
+    selected = labels != IGNORE_INDEX
+    correct = (logits.argmax(dim=-1) == labels) & selected
+    return correct.sum().float() / selected.sum().clamp_min(1)
+
+
+def _save_model(accelerator, model, tokenizer, output_dir: Path, state: TrainState) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        mark_finished(output_dir, {"stage": "pretrain", "steps": state.step, "tokens_seen": state.tokens_seen})
+    accelerator.wait_for_everyone()
