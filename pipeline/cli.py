@@ -33,6 +33,10 @@ class StageCommand:
 
 
 STAGE_COMMANDS = {
+    "run": StageCommand(
+        "pipeline.run", "RunConfig", "run_pipeline",
+        "every stage in order from one YAML (skips finished stages, resumes interrupted ones)",
+    ),
     "general": StageCommand(
         "stages.general", "GeneralConfig", "run_general",
         "stage one: general distillation on a raw corpus", resume_key="train.resume_from",

@@ -351,3 +351,10 @@ def tokenize_splits(cfg: TaskConfig, tokenizer, label_names: list[str] | None, r
     """{split: tokenized dataset} for the raw splits given (None entries are kept as None)."""
     return {split: None if data is None else tokenize_task(data, tokenizer, cfg, label_names, split)
             for split, data in raw.items()}
+
+
+def score_splits(task: TaskConfig, label_names, model, data: dict, batch_size: int, pad_id: int, device) -> dict:
+    """{"dev": metrics, "test": metrics} for the tokenized splits present."""
+    return {split: score_predictions(task, label_names, predict_logits(model, data[split], batch_size, pad_id, device),
+                                     data[split])
+            for split in ("dev", "test") if data.get(split) is not None}

