@@ -112,7 +112,7 @@ def _evaluate(accelerator, model, evaluation: Evaluation, state: TrainState, out
     """Score on dev (main process), keep the best model, and share the score with every rank."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    score = torch.zeros(1, device=accelerator.device)
+    score = torch.zeros(1, dtype=torch.float64, device=accelerator.device)  # float64: exact ties stay ties
     if accelerator.is_main_process:
         metrics = evaluation.evaluate(unwrapped)
         score[0] = metrics[evaluation.metric]

@@ -105,6 +105,9 @@ def label_names_from(cfg: TaskConfig, train_dataset) -> list[str] | None:
         return None
     if cfg.labels is not None:
         return list(cfg.labels)
+    names = class_names(train_dataset, cfg.label_column)
+    if names is not None:  # a ClassLabel column (hub datasets): its own names, in its own order
+        return names
     column = train_dataset[cfg.label_column]
     values = {v for seq in column for v in seq} if cfg.type == "token" else set(column)
     if None in values:
@@ -116,6 +119,16 @@ def label_names_from(cfg: TaskConfig, train_dataset) -> list[str] | None:
         names.remove("O")
         names = ["O", *sorted(names, key=lambda t: (t[2:], t[:1]))]
     return names
+
+
+def class_names(dataset, column: str) -> list[str] | None:
+    """The names of a `ClassLabel` column (or a sequence of them), else None."""
+    feature = dataset.features.get(column)
+    feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) -> ClassLabel
+    if isinstance(feature, list) and feature:
+        feature = feature[0]
+    names = getattr(feature, "names", None)
+    return list(names) if names else None
 
 
 def check_label_map(model_config, label_names: list[str] | None, role: str) -> list[str] | None:
@@ -176,8 +189,11 @@ def tokenize_task(dataset, tokenizer, cfg: TaskConfig, label_names: list[str] | 
     """
     label2id = {name: i for i, name in enumerate(label_names or [])}
     has_labels = need_labels or cfg.label_column in dataset.column_names
+    names = class_names(dataset, cfg.label_column) if has_labels else None
 
     def encode_label(value, row: int):
+        if names is not None and isinstance(value, (int, np.integer)) and 0 <= value < len(names):
+            value = names[value]  # ClassLabel ids -> their names, then to the model's ids
         if cfg.type == "regression":
             try:
                 return float(value)

@@ -50,3 +50,47 @@ def test_two_processes_match_one_process_with_the_doubled_batch(teacher_dir, tmp
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-5, msg=name)
     moved = load_file(tmp_path / "one_process" / "projections.safetensors")["embedding.weight"]
     assert moved.abs().sum() > 0
+
+
+def test_two_process_task_distillation_matches_one_process(tmp_path):
+    """Both steps of `tinydistill task` plus the sharded teacher-logits cache, on 2 ranks vs 1."""
+    import json
+
+    from conftest import make_bert, save_tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    # Equal-length texts: every rank's token-mean loss is over the same token count, so DDP's gradient
+    # average equals the one-process mean exactly.
+    texts = [s[:12] for s in CHINESE_SENTENCES]
+    rows = [{"text": t, "label": "pos" if i % 3 else "neg"} for i, t in enumerate(texts)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows * 4), encoding="utf-8")
+    teacher = tmp_path / "teacher"
+    tokenizer = save_tokenizer(teacher, CHINESE_SENTENCES)
+    make_bert(teacher, vocab_size=len(tokenizer), layers=2, hidden=32, heads=4)
+    config = BertConfig.from_pretrained(teacher)
+    config.update({"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}})
+    BertForSequenceClassification(config).save_pretrained(teacher)
+
+    def write_config(name, batch_size):
+        train_cfg = {"batch_size": batch_size, "max_steps": 3, "lr": 1e-3, "progress_bar": False, "save_every": 100}
+        config = {
+            "teacher": str(teacher), "output_dir": str(tmp_path / name), "cache_dir": str(tmp_path / f"cache_{name}"),
+            "task": {"type": "classification", "train": str(train), "max_seq_len": 32},
+            "student": {"preset": None, "num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 24,
+                        "num_attention_heads": 4},
+            "intermediate": {"train": train_cfg}, "prediction": {"train": train_cfg},
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    two, one = write_config("two", 4), write_config("one", 8)
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+             "-m", "pipeline.cli", "task", str(two)], tmp_path)
+    _launch([sys.executable, "-m", "pipeline.cli", "task", str(one)], tmp_path)
+    assert '"processes": 2' in (tmp_path / "two" / "prediction" / "train_log.jsonl").read_text()
+    expected = load_file(tmp_path / "one" / "model.safetensors")
+    actual = load_file(tmp_path / "two" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-5, msg=name)

@@ -334,3 +334,46 @@ def test_evaluate_refuses_a_student_with_another_label_map(fine_tuned_teacher, s
         run_evaluate(from_dict(EvaluateConfig, {"teacher": str(fine_tuned_teacher), "student": str(wrong),
                                                 "task": task_section(sentiment_files),
                                                 "output_dir": str(tmp_path / "r")}))
+
+
+def test_classlabel_columns_use_their_names(tmp_path):
+    import datasets
+
+    from pipeline.tasks import TaskConfig, label_names_from, tokenize_task
+
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    data = datasets.Dataset.from_dict({"tokens": [["王", "小", "明", "来", "了"]], "ner_tags": [[1, 2, 2, 0, 0]]},
+                                      features=features)
+    cfg = TaskConfig(type="token", train="x", tags="ner_tags")
+    assert label_names_from(cfg, data) == ["O", "B-PER", "I-PER"]
+    tokenizer = save_tokenizer(tmp_path / "tok", CHINESE_SENTENCES + ["王小明来了"])
+    # A teacher that orders the same names differently: ids follow the teacher, not the column.
+    row = tokenize_task(data, tokenizer, cfg, ["I-PER", "O", "B-PER"], "train")[0]
+    assert row["word_labels"] == [2, 0, 0, 1, 1]
+    assert row["labels"] == [-100, 2, 0, 0, 1, 1, -100]
+
+
+def test_token_labels_go_on_the_first_sub_token_only(tmp_path):
+    import datasets
+    from transformers import BertTokenizer
+
+    from pipeline.tasks import TaskConfig, tokenize_task
+
+    vocab = tmp_path / "vocab.txt"
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "play", "##ing", "the", "game", "new", "##s"]
+    vocab.write_text("".join(f"{piece}\n" for piece in pieces))
+    tokenizer = BertTokenizer(vocab=str(vocab))
+    data = datasets.Dataset.from_dict({"tokens": [["playing", "the", "news", "game"]],
+                                       "tags": [["B-X", "O", "B-Y", "I-Y"]]})
+    row = tokenize_task(data, tokenizer, TaskConfig(type="token", train="x"), ["O", "B-X", "B-Y", "I-Y"], "t")[0]
+    assert tokenizer.convert_ids_to_tokens(row["input_ids"]) == ["[CLS]", "play", "##ing", "the", "new", "##s",
+                                                                 "game", "[SEP]"]
+    assert row["labels"] == [-100, 1, -100, 0, 2, -100, 3, -100]
+    assert row["word_positions"] == [1, 3, 4, 6]
+    # Truncation drops the last words: their positions are -1 and they are scored as "O".
+    longer = datasets.Dataset.from_dict({"tokens": [["playing", "the", "news", "game", "the", "game"]],
+                                         "tags": [["B-X", "O", "B-Y", "I-Y", "O", "O"]]})
+    cut = tokenize_task(longer, tokenizer, TaskConfig(type="token", train="x", max_seq_len=8),
+                        ["O", "B-X", "B-Y", "I-Y"], "t")[0]
+    assert cut["word_positions"] == [1, 3, 4, 6, -1, -1]
