@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -70,11 +69,11 @@ class TaskConfig:
         return self.tags if self.type == "token" else self.label
 
 
-def load_task_split(cfg: TaskConfig, split: str, role: str | None = None, need_labels: bool = True):
+def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
     """One split as a `datasets.Dataset`, with the configured columns checked (one-line errors)."""
     from pipeline.dataset_files import load_input
 
-    where = getattr(cfg, split) if role is None else role
+    where = getattr(cfg, split)
     if where is None:
         raise ConfigError(f"task.{split}: not set")
     source, split_name = (cfg.dataset, where) if cfg.dataset else (where, "train")
@@ -299,11 +298,6 @@ def epoch_batches(n_rows: int, batch_size: int, rank: int, world_size: int, seed
     steps = n_rows // global_batch
     return [order[s * global_batch + rank * batch_size: s * global_batch + (rank + 1) * batch_size]
             for s in range(steps)]
-
-
-def iterate_batches(dataset, indices: list[list[int]], pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    for rows in indices:
-        yield collate(dataset.select(rows).to_list(), pad_id)
 
 
 @torch.no_grad()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import interrupt_after
 from safetensors.torch import load_file
 
-import pipeline.runtime
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, DataError, ModelError
 from stages.general import GeneralConfig, run_general
@@ -58,17 +58,6 @@ def test_short_run_lowers_every_loss_term_and_saves_a_loadable_student(teacher_d
     assert AutoTokenizer.from_pretrained(out).cls_token == "[CLS]"
 
 
-def _interrupt_after(step: int, monkeypatch):
-    real_step = pipeline.runtime.RunLog.step
-
-    def step_then_crash(self, state, *args):
-        real_step(self, state, *args)
-        if state.step == step:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(pipeline.runtime.RunLog, "step", step_then_crash)
-
-
 def test_killed_and_resumed_run_equals_uninterrupted_run(teacher_dir, corpus_file, tmp_path, monkeypatch):
     # dropout on, a shuffle buffer and two micro-batches per step: RNG, data position and
     # accumulation all have to be restored for the weights to match exactly.
@@ -78,7 +67,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(teacher_dir, corpus_fil
 
     resumed = tmp_path / "resumed"
     cfg = from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, resumed, **overrides))
-    _interrupt_after(6, monkeypatch)  # checkpoint at step 4, killed two steps later
+    interrupt_after(6, monkeypatch)  # checkpoint at step 4, killed two steps later
     with pytest.raises(KeyboardInterrupt):
         run_general(cfg)
     monkeypatch.undo()

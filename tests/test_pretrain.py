@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHINESE_SENTENCES
+from conftest import CHINESE_SENTENCES, interrupt_after
 from safetensors.torch import load_file
 
-import pipeline.runtime
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, DataError
@@ -166,17 +165,6 @@ def test_continued_pretraining_starts_from_the_saved_model(vocab_dir, corpus_fil
     torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-6)
 
 
-def _interrupt_after(step: int, monkeypatch):
-    real_step = pipeline.runtime.RunLog.step
-
-    def step_then_crash(self, state, *args):
-        real_step(self, state, *args)
-        if state.step == step:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(pipeline.runtime.RunLog, "step", step_then_crash)
-
-
 def test_killed_and_resumed_run_equals_uninterrupted_run(vocab_dir, corpus_file, tmp_path, monkeypatch):
     # Dropout, a shuffle buffer, two micro-batches per step and fresh masks every micro-batch: RNG,
     # data position, accumulation and the masking draws all have to be restored for the weights to match.
@@ -186,7 +174,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(vocab_dir, corpus_file,
 
     resumed = tmp_path / "resumed"
     cfg = from_dict(PretrainConfig, pretrain_config(vocab_dir, corpus_file, resumed, **overrides))
-    _interrupt_after(6, monkeypatch)  # checkpoint at step 4, killed two steps later
+    interrupt_after(6, monkeypatch)  # checkpoint at step 4, killed two steps later
     with pytest.raises(KeyboardInterrupt):
         run_pretrain(cfg)
     monkeypatch.undo()

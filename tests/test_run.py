@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHINESE_SENTENCES
+from conftest import CHINESE_SENTENCES, interrupt_after
 from transformers import AutoModelForSequenceClassification
 
-import pipeline.runtime
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict, load_config
 from pipeline.errors import ConfigError
@@ -103,14 +102,7 @@ def test_pipeline_makes_every_artifact_then_skips_them_and_reruns_only_what_a_ch
 
 
 def test_interrupted_pipeline_resumes_the_stage_it_stopped_in(tiny_run, capsys, monkeypatch):
-    real_step = pipeline.runtime.RunLog.step
-
-    def crash_in_prediction(self, state, *args):
-        real_step(self, state, *args)
-        if self.path.parent.name == "prediction" and state.step == 3:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(pipeline.runtime.RunLog, "step", crash_in_prediction)
+    interrupt_after(3, monkeypatch, "prediction")
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(from_dict(RunConfig, tiny_run))
     monkeypatch.undo()

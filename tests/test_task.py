@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHINESE_SENTENCES, make_bert, save_tokenizer
+from conftest import CHINESE_SENTENCES, interrupt_after, make_bert, save_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig
 
-import pipeline.runtime
 import stages.task
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict
@@ -171,7 +170,7 @@ def test_killed_and_resumed_task_distillation_equals_an_uninterrupted_run(fine_t
 
     resumed = tmp_path / "resumed"
     cfg = task_config(fine_tuned_teacher, sentiment_files, resumed, **overrides)
-    _interrupt_prediction_step_after(3, monkeypatch)  # step 2 checkpointed at its step 2, killed after 3
+    interrupt_after(3, monkeypatch, "prediction")  # step 2 checkpointed at its step 2, killed after 3
     with pytest.raises(KeyboardInterrupt):
         run_task(from_dict(TaskDistillConfig, cfg))
     monkeypatch.undo()
@@ -183,17 +182,6 @@ def test_killed_and_resumed_task_distillation_equals_an_uninterrupted_run(fine_t
     expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
-
-
-def _interrupt_prediction_step_after(step: int, monkeypatch):
-    real_step = pipeline.runtime.RunLog.step
-
-    def step_then_crash(self, state, *args):
-        real_step(self, state, *args)
-        if self.path.parent.name == "prediction" and state.step == step:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(pipeline.runtime.RunLog, "step", step_then_crash)
 
 
 def test_teacher_with_another_label_map_is_refused(fine_tuned_teacher, sentiment_files, tmp_path):
