@@ -21,7 +21,6 @@ from pipeline.metrics import main_metric
 from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
 from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
-from pipeline.task_loop import BEST_DIR, Evaluation, train_on_task_data
 from pipeline.tasks import (
     TaskConfig,
     check_seq_len,
@@ -34,6 +33,7 @@ from pipeline.tasks import (
     score_splits,
     tokenize_splits,
 )
+from pipeline.train_loop import BEST_DIR, Evaluation, train_on_task_data
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from pipeline.capture import capture_attention_scores
-from pipeline.checkpoints import mark_finished, prepare_output_dir, resolve_resume
+from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
 from pipeline.data import TokenizedCorpus
 from pipeline.intermediate import (
@@ -34,19 +32,9 @@ from pipeline.models import (
     load_tokenizer,
 )
 from pipeline.projections import Projections, build_projections
-from pipeline.runtime import (
-    RunLog,
-    TrainState,
-    build_optimizer,
-    build_scheduler,
-    load_checkpoint,
-    make_accelerator,
-    mean_across_processes,
-    resumable_batches,
-    save_checkpoint,
-    steps_from_corpus,
-)
+from pipeline.runtime import TrainState, make_accelerator, resumable_batches, steps_from_corpus
 from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
+from pipeline.train_loop import train_model
 
 
 @dataclass(frozen=True)
@@ -81,7 +69,6 @@ def run_general(cfg: GeneralConfig) -> Path:
         prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
-    resume_checkpoint = resolve_resume(output_dir, cfg.train.resume_from)
 
     total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
 
@@ -90,57 +77,25 @@ def run_general(cfg: GeneralConfig) -> Path:
     projections = build_projections(student.config.hidden_size, teacher_config.hidden_size,
                                     layer_map.student_layers, cfg.loss.projection, previous)
     freeze_outside_encoder(student)
-    model = StudentWithProjections(student, projections)
-    optimizer = build_optimizer(list(model.named_parameters()), cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    state = load_checkpoint(accelerator, resume_checkpoint) if resume_checkpoint else TrainState()
-
-    log = RunLog(accelerator, output_dir, total_steps, state.step, cfg.train.progress_bar, "general distillation")
-    log.header({
-        "processes": accelerator.num_processes,
-        "effective_batch": cfg.train.batch_size * accelerator.num_processes * cfg.train.grad_accum,
-        "steps": total_steps,
+    header = {
         "mapping (student->teacher)": layer_map.describe(),
         "teacher_params": count_parameters(teacher),
         "student_params": count_parameters(student),
         "projection_params": count_parameters(projections),
-        "resumed_from": str(resume_checkpoint) if resume_checkpoint else None,
-    })
-    batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+    }
     with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
             capture_attention_scores(student, layer_map.student_layers) as student_captured:
-        while state.step < total_steps:
-            sums: dict[str, torch.Tensor] = {}
-            tokens = 0
-            for _ in range(cfg.train.grad_accum):
-                epoch, index, batch = next(batches)
-                state.epoch, state.batches_in_epoch = epoch, index + 1
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                mask = batch["attention_mask"]
-                with accelerator.accumulate(model):
-                    teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
-                    projected = model(**batch)
-                    terms = intermediate_loss_terms(projected, dict(student_captured), teacher_hidden,
-                                                    teacher_scores, layer_map, cfg.loss, mask)
-                    accelerator.backward(terms["loss"])
-                    if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach() / cfg.train.grad_accum
-                tokens += int(mask.sum())
-                state.samples_seen += mask.shape[0] * accelerator.num_processes
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            state.step += 1
-            state.tokens_seen += tokens * accelerator.num_processes
-            is_log_step = state.step % cfg.train.log_every == 0 or state.step == total_steps
-            log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
-            if state.step % cfg.train.save_every == 0 or state.step == total_steps:
-                save_checkpoint(accelerator, output_dir, state, cfg.train.keep_checkpoints)
+
+        def compute_terms(model, batch, progress):
+            teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
+            projected = model(**batch)
+            return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
+                                           layer_map, cfg.loss, batch["attention_mask"])
+
+        model, state, log = train_model(
+            accelerator, StudentWithProjections(student, projections),
+            lambda state: resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id),
+            compute_terms, cfg.train, output_dir, total_steps, "general distillation", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
     log.close()
     _save_student(accelerator, model, tokenizer, output_dir, state)
@@ -150,7 +105,7 @@ def run_general(cfg: GeneralConfig) -> Path:
 def _save_student(accelerator, model, tokenizer, output_dir: Path, state: TrainState) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = model
         unwrapped.student.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
         unwrapped.projections.save(output_dir)

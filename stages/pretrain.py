@@ -22,25 +22,20 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForMaskedLM, BertConfig, PreTrainedModel
 
-from pipeline.checkpoints import mark_finished, prepare_output_dir, resolve_resume
+from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
 from pipeline.data import TokenizedCorpus
 from pipeline.errors import ConfigError, ModelError
 from pipeline.losses import masked_lm_loss
 from pipeline.models import count_parameters, load_pretrained, load_tokenizer
 from pipeline.runtime import (
-    RunLog,
     TrainState,
-    build_optimizer,
-    build_scheduler,
-    load_checkpoint,
     make_accelerator,
-    mean_across_processes,
     resumable_batches,
-    save_checkpoint,
     steps_from_corpus,
 )
 from pipeline.schema import CorpusConfig, TrainConfig
+from pipeline.train_loop import train_model
 
 IGNORE_INDEX = -100
 ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
@@ -114,62 +109,33 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
-    resume_checkpoint = resolve_resume(output_dir, cfg.train.resume_from)
 
     total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
-
-    optimizer = build_optimizer(list(model.named_parameters()), cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    state = load_checkpoint(accelerator, resume_checkpoint) if resume_checkpoint else TrainState()
-
-    log = RunLog(accelerator, output_dir, total_steps, state.step, cfg.train.progress_bar, "mlm pretraining")
-    log.header({
-        "processes": accelerator.num_processes,
-        "effective_batch": cfg.train.batch_size * accelerator.num_processes * cfg.train.grad_accum,
-        "steps": total_steps,
-        "model_params": count_parameters(model),
-        "vocab_size": len(tokenizer),
-        "mlm_probability": cfg.mlm_probability,
-        "resumed_from": str(resume_checkpoint) if resume_checkpoint else None,
-    })
     never_masked = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-    batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
-    model.train()
-    while state.step < total_steps:
-        sums: dict[str, torch.Tensor] = {}
-        tokens = 0
-        for micro in range(cfg.train.grad_accum):
-            epoch, index, batch = next(batches)
-            state.epoch, state.batches_in_epoch = epoch, index + 1
-            generator = masking_generator(cfg.train.seed, accelerator.process_index, state.step, micro)
+
+    def masked_batches(state: TrainState):
+        """The corpus batches with fresh BERT masks and `labels`; each micro-batch's masks are a function of
+        its (step, micro-batch) position, so a resumed run draws exactly the masks it would have."""
+        counter = state.step * cfg.train.grad_accum
+        for epoch, index, batch in resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id):
+            step, micro = divmod(counter, cfg.train.grad_accum)
+            generator = masking_generator(cfg.train.seed, accelerator.process_index, step, micro)
             maskable = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], never_masked)
-            batch["input_ids"], labels = mask_tokens(batch["input_ids"], maskable, tokenizer.mask_token_id,
-                                                     len(tokenizer), cfg.mlm_probability, generator)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            labels = labels.to(accelerator.device)
-            with accelerator.accumulate(model):
-                logits = model(**batch).logits
-                loss = masked_lm_loss(logits, labels, IGNORE_INDEX)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            terms = {"loss": loss.detach(), "mlm_accuracy": masked_accuracy(logits.detach(), labels)}
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value / cfg.train.grad_accum
-            tokens += int(batch["attention_mask"].sum())
-            state.samples_seen += labels.shape[0] * accelerator.num_processes
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        state.step += 1
-        state.tokens_seen += tokens * accelerator.num_processes
-        is_log_step = state.step % cfg.train.log_every == 0 or state.step == total_steps
-        log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
-        if state.step % cfg.train.save_every == 0 or state.step == total_steps:
-            save_checkpoint(accelerator, output_dir, state, cfg.train.keep_checkpoints)
+            batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], maskable, tokenizer.mask_token_id,
+                                                              len(tokenizer), cfg.mlm_probability, generator)
+            counter += 1
+            yield epoch, index, batch
+
+    def compute_terms(model, batch, progress):
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        loss = masked_lm_loss(logits, labels, IGNORE_INDEX)
+        return {"loss": loss, "mlm_accuracy": masked_accuracy(logits.detach(), labels)}
+
+    header = {"model_params": count_parameters(model), "vocab_size": len(tokenizer),
+              "mlm_probability": cfg.mlm_probability}
+    model, state, log = train_model(accelerator, model, masked_batches, compute_terms, cfg.train, output_dir,
+                                    total_steps, "mlm pretraining", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
     log.close()
     _save_model(accelerator, model, tokenizer, output_dir, state)
@@ -229,7 +195,7 @@ def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _save_model(accelerator, model, tokenizer, output_dir: Path, state: TrainState) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output_dir)
+        model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
         mark_finished(output_dir, {"stage": "pretrain", "steps": state.step, "tokens_seen": state.tokens_seen})
     accelerator.wait_for_everyone()

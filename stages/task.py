@@ -47,7 +47,6 @@ from pipeline.prediction import PredictionLossConfig, prediction_terms
 from pipeline.projections import Projections, build_projections
 from pipeline.runtime import make_accelerator
 from pipeline.schema import IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
-from pipeline.task_loop import BEST_DIR, Evaluation, train_on_task_data
 from pipeline.tasks import (
     TaskConfig,
     check_label_map,
@@ -62,6 +61,7 @@ from pipeline.tasks import (
     tokenize_splits,
     tokenize_task,
 )
+from pipeline.train_loop import BEST_DIR, Evaluation, train_on_task_data
 
 INTERMEDIATE_DIR, PREDICTION_DIR = "intermediate", "prediction"
 

@@ -1,10 +1,13 @@
-"""The training loop of the task stages (`finetune`, and both steps of `task`) over a tokenized dataset.
+"""The one training loop every stage shares: `pretrain`, `general`, `finetune` and both steps of `task`.
 
-One function, `train_on_task_data`, owns the optimiser, schedule, Accelerate wrapping, exact resume,
-logging, checkpoints, dev evaluation and best-model selection. What is learned is the caller's
-`compute_terms(model, batch, progress) -> {"loss": ..., other terms}` (progress: the fraction of
-steps done, for scheduled loss weights); what is scored is the caller's
-`evaluate(model) -> {metric: value}`.
+`train_model` owns the optimiser, schedule, Accelerate wrapping (devices, DDP, mixed precision,
+accumulation, clipping), exact resume, logging, checkpoints, dev evaluation and best-model selection.
+A stage supplies what differs:
+  batches_from(state)                  -> (epoch, index in epoch, batch) forever, from the state's data
+                                          position (so a resumed run sees exactly the batches it would have)
+  compute_terms(model, batch, progress) -> {"loss": ..., other logged terms}; progress is the fraction of
+                                          steps done, for scheduled loss weights
+  evaluation                           -> optional dev scoring and best-model saving
 """
 
 from __future__ import annotations
@@ -52,12 +55,24 @@ def planned_steps(n_rows: int, train: TrainConfig, world_size: int) -> tuple[int
 def train_on_task_data(accelerator, model: torch.nn.Module, dataset, compute_terms, train: TrainConfig,
                        output_dir: Path, pad_id: int, description: str, header: dict,
                        evaluation: Evaluation | None = None) -> tuple[torch.nn.Module, TrainState]:
-    """Train `model` on `dataset`; returns (the unwrapped model, the final state).
-
-    With `evaluation`, the model is scored on dev every `evaluation.every` steps and at the end; the
-    best one is written to `output_dir/best` by `evaluation.save_best` on the main process.
-    """
+    """`train_model` over a tokenized task dataset (shuffled per epoch, sharded by rank)."""
     total_steps, per_epoch = planned_steps(len(dataset), train, accelerator.num_processes)
+    model, state, log = train_model(
+        accelerator, model, lambda state: _batches_from(dataset, state, train, accelerator, pad_id), compute_terms,
+        train, output_dir, total_steps, description, header, evaluation, eval_every=per_epoch)
+    log.close()
+    return model, state
+
+
+def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms, train: TrainConfig,
+                output_dir: Path, total_steps: int, description: str, header: dict,
+                evaluation: Evaluation | None = None, eval_every: int | None = None):
+    """Train `model` for `total_steps` optimiser steps; returns (the unwrapped model, the final state, the
+    still-open log, for the caller's closing events).
+
+    With `evaluation`, the model is scored on dev every `evaluation.every` (else `eval_every`) steps and
+    at the end; the best one is written to `output_dir/best` by `evaluation.save_best` on the main process.
+    """
     # One accelerator runs both steps of `task`; each step's checkpoints must hold only its own
     # model, optimiser and schedule, or resuming step 2 would load step 1's objects into them.
     accelerator.free_memory()
@@ -68,13 +83,13 @@ def train_on_task_data(accelerator, model: torch.nn.Module, dataset, compute_ter
     accelerator.register_for_checkpointing(scheduler)
     resume = resolve_resume(output_dir, train.resume_from)
     state = load_checkpoint(accelerator, resume) if resume else TrainState()
-    eval_every = (evaluation.every or per_epoch) if evaluation else None
+    eval_every = (evaluation.every or eval_every or total_steps) if evaluation else None
 
     log = RunLog(accelerator, output_dir, total_steps, state.step, train.progress_bar, description)
     log.header({**header, "processes": accelerator.num_processes, "steps": total_steps,
                 "effective_batch": train.batch_size * accelerator.num_processes * train.grad_accum,
                 "resumed_from": str(resume) if resume else None})
-    batches = _batches_from(dataset, state, train, accelerator, pad_id)
+    batches = batches_from(state)
     while state.step < total_steps:
         model.train()
         sums: dict[str, torch.Tensor] = {}
@@ -104,8 +119,7 @@ def train_on_task_data(accelerator, model: torch.nn.Module, dataset, compute_ter
             _evaluate(accelerator, model, evaluation, state, output_dir, log)
         if state.step % train.save_every == 0 or state.step == total_steps:
             save_checkpoint(accelerator, output_dir, state, train.keep_checkpoints)
-    log.close()
-    return accelerator.unwrap_model(model), state
+    return accelerator.unwrap_model(model), state, log
 
 
 def _evaluate(accelerator, model, evaluation: Evaluation, state: TrainState, output_dir: Path, log: RunLog) -> None:
