@@ -302,16 +302,23 @@ def epoch_batches(n_rows: int, batch_size: int, rank: int, world_size: int, seed
 
 @torch.no_grad()
 def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list[np.ndarray]:
-    """Logits for every row in order: (C,) per example, or (L_i, C) per example for token tasks."""
+    """Logits for every row in order: (C,) per example, or (L_i, C) per example for token tasks.
+
+    Rows are batched by length (shortest first) so little compute goes to padding, then put back in
+    dataset order.
+    """
     model.eval()
-    results: list[np.ndarray] = []
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = np.argsort(np.asarray(lengths), kind="stable").tolist()
+    results: list[np.ndarray | None] = [None] * len(dataset)
+    for start in range(0, len(order), batch_size):
+        indices = order[start: start + batch_size]
+        rows = dataset.select(indices).to_list()
         batch = collate(rows, pad_id)
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                        token_type_ids=batch["token_type_ids"].to(device)).logits.float().cpu().numpy()
-        for i, row in enumerate(rows):
-            results.append(logits[i, : len(row["input_ids"])] if logits.ndim == 3 else logits[i])
+        for i, (index, row) in enumerate(zip(indices, rows)):
+            results[index] = logits[i, : len(row["input_ids"])] if logits.ndim == 3 else logits[i]
     return results
 
 
