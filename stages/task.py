@@ -29,10 +29,11 @@ from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
     freeze_outside_encoder,
+    freeze_unreached,
+    intermediate_layer_map,
     intermediate_loss_terms,
     teacher_features,
 )
-from pipeline.layer_map import build_layer_map
 from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
 from pipeline.metrics import main_metric
 from pipeline.models import (
@@ -139,8 +140,8 @@ def run_task(cfg: TaskDistillConfig) -> Path:
                             **label_maps(label_names))
     check_teacher_student_fit(teacher_config, student.config, cfg.intermediate.loss.attention,
                               cfg.intermediate.loss.attention_heads, task.max_seq_len)
-    layer_map = build_layer_map(teacher_config.num_hidden_layers, student.config.num_hidden_layers,
-                                cfg.mapping.teacher_layers, cfg.mapping.pairs, cfg.mapping.embeddings)
+    layer_map = intermediate_layer_map(cfg.mapping, cfg.intermediate.loss, teacher_config.num_hidden_layers,
+                                       student.config.num_hidden_layers)
     needs_labels = cfg.prediction.enabled and cfg.prediction.loss.needs_labels
     transfer = tokenize_task(raw_transfer, tokenizer, task, label_names, "transfer", need_labels=needs_labels)
     data = tokenize_splits(task, tokenizer, label_names, {
@@ -194,6 +195,7 @@ def _intermediate_step(accelerator, cfg: TaskDistillConfig, teacher, student, la
                                     layer_map.student_layers, cfg.intermediate.loss.projection, previous)
     freeze_outside_encoder(student)
     model = StudentWithProjections(student, projections)
+    freeze_unreached(model, layer_map, cfg.intermediate.loss)
     header = {"step": "1/2 intermediate", "mapping (student->teacher)": layer_map.describe(),
               "transfer_rows": len(transfer), "student_params": count_parameters(student)}
     with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
