@@ -7,13 +7,16 @@ stays outside, frozen.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
-from pipeline.layer_map import LayerMap
+from pipeline.errors import ConfigError
+from pipeline.layer_map import LayerMap, build_layer_map, middle_layer
 from pipeline.losses import attention_kl, attention_mse, average_heads, hidden_mse
 from pipeline.projections import Projections
-from pipeline.schema import IntermediateLossConfig
+from pipeline.schema import IntermediateLossConfig, MappingConfig
 
 
 class StudentWithProjections(nn.Module):
@@ -44,6 +47,40 @@ def freeze_outside_encoder(model: nn.Module) -> list[str]:
     for name, param in model.named_parameters():
         dotted = f".{name}"
         if ".embeddings." not in dotted and ".encoder." not in dotted:
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def intermediate_layer_map(mapping: MappingConfig, loss: IntermediateLossConfig, teacher_depth: int,
+                           student_depth: int) -> LayerMap:
+    """The layer map of the intermediate losses, validated against the real depths: `mapping` as
+    configured, or under `loss.preset: fitnets` one guided pair without embeddings (the student's
+    middle layer against the teacher's, unless `mapping.pairs` holds the one pair to use)."""
+    if loss.preset != "fitnets":
+        return build_layer_map(teacher_depth, student_depth, mapping.teacher_layers, mapping.pairs,
+                               mapping.embeddings)
+    if mapping.teacher_layers is not None:
+        raise ConfigError("mapping.teacher_layers: loss.preset fitnets guides one layer pair; "
+                          "give mapping.pairs: [[student, teacher]] or no mapping")
+    if mapping.pairs is not None and len(mapping.pairs) != 1:
+        raise ConfigError(f"mapping.pairs: loss.preset fitnets guides one layer pair, got {len(mapping.pairs)}")
+    pairs = mapping.pairs or [(middle_layer(student_depth), middle_layer(teacher_depth))]
+    return build_layer_map(teacher_depth, student_depth, None, pairs, embeddings=False)
+
+
+def freeze_unreached(model: StudentWithProjections, layer_map: LayerMap, loss: IntermediateLossConfig) -> list[str]:
+    """Stop gradients to what no intermediate term reaches: student layers above the deepest mapped
+    one (FitNets trains only up to its guided layer) and W_e when the embedding term is off. Their
+    weights stay as they are, and DDP does not wait for gradients that never come. Returns the names."""
+    deepest = max(layer_map.student_layers, default=0)
+    frozen = []
+    for name, param in model.named_parameters():
+        layer = re.search(r"(?:^|\.)encoder\.layer\.(\d+)\.", name)  # 0-based: student layer m is m - 1
+        above = layer is not None and int(layer.group(1)) >= deepest
+        no_embedding_term = name.startswith("projections.embedding.") and not (loss.embedding > 0 and
+                                                                            layer_map.embeddings)
+        if param.requires_grad and (above or no_embedding_term):
             param.requires_grad_(False)
             frozen.append(name)
     return frozen

@@ -73,6 +73,12 @@ class LayerMap:
         return ", ".join(parts)
 
 
+def middle_layer(depth: int) -> int:
+    """FitNets' guided (student) or hint (teacher) layer: the middle one, (depth + 1) // 2, 1-based
+    (2 -> 1, 3 -> 2, 4 -> 2, 12 -> 6)."""
+    return (depth + 1) // 2
+
+
 def build_layer_map(
     teacher_depth: int,
     student_depth: int,

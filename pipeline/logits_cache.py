@@ -3,7 +3,8 @@
 The teacher's logits over a transfer set are computed once, each rank doing a contiguous shard, and
 stored as a `datasets` column under `cache_dir/<key>/` (Arrow, memory-mapped). The key hashes the
 teacher's weights (and dtype) and the transfer set's token ids, so a changed teacher or changed data
-misses the cache and is recomputed; a hit runs no teacher forward at all.
+misses the cache and is recomputed; a hit runs no teacher forward at all. An ensemble caches each
+teacher under its own key and attaches one column per teacher (`column="teacher_logits_1"`, ...).
 
     cache_dir/<key>/logits/      save_to_disk dataset, one `teacher_logits` column, rows in order
     cache_dir/<key>/meta.json    teacher, fingerprints, rows, task type (written last)
@@ -40,8 +41,12 @@ def cache_key(teacher_fingerprint: str, data_fingerprint: str) -> str:
 
 
 def with_teacher_logits(accelerator, dataset, teacher: torch.nn.Module, teacher_name: str, cache_dir: str | Path,
-                        batch_size: int, pad_id: int, log: Callable[[str], None] = print):
-    """`dataset` plus a `teacher_logits` column, from the cache or computed (sharded) and cached."""
+                        batch_size: int, pad_id: int, log: Callable[[str], None] = print,
+                        column: str = "teacher_logits"):
+    """`dataset` plus the teacher's logits as `column`, from the cache or computed (sharded) and cached.
+
+    The cache entry always stores the column as `teacher_logits`, so one teacher's entry serves it
+    alone and as any member of an ensemble."""
     import datasets
 
     root = Path(cache_dir).expanduser()
@@ -58,6 +63,8 @@ def with_teacher_logits(accelerator, dataset, teacher: torch.nn.Module, teacher_
         log(f"teacher logits: cache hit {entry}")
     meta = read_json(entry / "meta.json")
     logits = datasets.load_from_disk(str(entry / "logits"))
+    if column != "teacher_logits":
+        logits = logits.rename_column("teacher_logits", column)
     if meta["rows"] != len(dataset) or len(logits) != len(dataset):
         raise DataError(f"teacher-logits cache {entry} holds {len(logits)} rows for {len(dataset)}; delete it")
     return datasets.concatenate_datasets([dataset, logits], axis=1), entry

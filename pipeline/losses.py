@@ -83,11 +83,40 @@ def soft_cross_entropy(
     T). `scale_by_t2=False` gives TinyBERT's form at T=1, except that TinyBERT also divides by the
     number of classes; we do not. Logits (..., C); `mask` (...) selects real tokens for token tasks.
     """
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    per_item = -(p_teacher * log_p_student).sum(dim=-1)
+    return soft_cross_entropy_to_probs(student_logits, p_teacher, temperature, scale_by_t2, mask)
+
+
+def soft_cross_entropy_to_probs(
+    student_logits: torch.Tensor,
+    target_probs: torch.Tensor,
+    temperature: float = 1.0,
+    scale_by_t2: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """-sum_c q_c log softmax(z_S/T)_c against given target probabilities q, mean over examples (or
+    tokens), times T^2 when `scale_by_t2`. `soft_cross_entropy` is this with q = softmax(z_T/T); an
+    ensemble passes the teachers' averaged softened probabilities (`ensemble_targets`)."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_item = -(target_probs.float() * log_p_student).sum(dim=-1)
     loss = _masked_mean(per_item, mask)
     return loss * temperature**2 if scale_by_t2 else loss
+
+
+def ensemble_targets(teacher_logits: list[torch.Tensor], temperature: float, mode: str) -> torch.Tensor:
+    """The soft target of K teachers (MT-DNN style ensemble, Liu et al. 2019), each (..., C).
+
+    mode `probabilities`: q = (1/K) sum_k softmax(z_k/T), softened probabilities (use with
+    `soft_cross_entropy_to_probs`); mode `logits`: z = (1/K) sum_k z_k, raw logits (use with
+    `soft_cross_entropy` or `logits_mse`; for regression heads this is the mean prediction).
+    Computed in float32; with K = 1 it is softmax(z_1/T), resp. z_1, exactly.
+    """
+    stacked = torch.stack([logits.float() for logits in teacher_logits])
+    if mode == "probabilities":
+        return F.softmax(stacked / temperature, dim=-1).mean(dim=0)
+    if mode == "logits":
+        return stacked.mean(dim=0)
+    raise ValueError(f"ensemble mode must be 'probabilities' or 'logits', got {mode!r}")
 
 
 def logits_mse(

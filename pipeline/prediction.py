@@ -1,7 +1,7 @@
 """Prediction-layer distillation (TinyBERT step 2, Hinton et al. 2015; Tang et al. 2019 for logits MSE).
 
-Pure functions: the per-batch loss terms of a student's logits against a teacher's logits and/or gold
-labels, and the schedule of the hard-label weight.
+Pure functions: the per-batch loss terms of a student's logits against a teacher's logits (or an
+ensemble of teachers' logits, MT-DNN style) and/or gold labels, and the schedule of the hard-label weight.
 """
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ from typing import Literal
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.losses import hard_cross_entropy, logits_mse, soft_cross_entropy
+from pipeline.losses import (
+    ensemble_targets,
+    hard_cross_entropy,
+    logits_mse,
+    soft_cross_entropy,
+    soft_cross_entropy_to_probs,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,9 @@ class PredictionLossConfig:
     it `constant`, `linear_decay` (alpha -> 0) or `linear_increase` (0 -> alpha) over the steps.
     regression_target: MSE to the teacher's prediction (`teacher`) or to the gold score (`gold`,
     as TinyBERT does for STS-B).
+    ensemble: how several teachers' outputs make one soft target (MT-DNN, Liu et al. 2019):
+    `probabilities` averages the softened probabilities softmax(z_k/T); `logits` averages the raw
+    logits z_k and softens the mean. `kind: mse` and regression always average logits (predictions).
     """
 
     kind: Literal["soft_ce", "mse"] = "soft_ce"
@@ -33,6 +42,7 @@ class PredictionLossConfig:
     hard_weight: float = 0.0
     hard_schedule: Literal["constant", "linear_decay", "linear_increase"] = "constant"
     regression_target: Literal["teacher", "gold"] = "teacher"
+    ensemble: Literal["probabilities", "logits"] = "probabilities"
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -56,7 +66,7 @@ def hard_weight_at(cfg: PredictionLossConfig, progress: float) -> float:
 
 def prediction_terms(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
+    teacher_logits: torch.Tensor | list[torch.Tensor] | None,
     labels: torch.Tensor | None,
     task_type: str,
     cfg: PredictionLossConfig,
@@ -67,20 +77,31 @@ def prediction_terms(
 
     Classification: logits (B, C); token tasks: (B, L, C) with `token_mask` (B, L) selecting non-pad
     tokens for the soft term (labels of -100 are skipped by the hard term); regression: (B, 1).
+    `teacher_logits` is one teacher's logits or a list, one per teacher of an ensemble, all in the
+    student's label order; a list of one is the single teacher.
     """
+    if isinstance(teacher_logits, list) and len(teacher_logits) == 1:
+        teacher_logits = teacher_logits[0]
+    ensemble = isinstance(teacher_logits, list)
     terms: dict[str, torch.Tensor] = {}
     mask = token_mask if task_type == "token" else None
     if task_type == "regression":
         if cfg.regression_target == "gold":
             terms["mse"] = logits_mse(student_logits, labels.float().reshape(-1, 1))
         else:
-            terms["mse"] = logits_mse(student_logits, teacher_logits)
+            target = ensemble_targets(teacher_logits, 1.0, "logits") if ensemble else teacher_logits
+            terms["mse"] = logits_mse(student_logits, target)
         terms["loss"] = terms["mse"]
         return terms
     if cfg.kind == "mse":
-        terms["logits_mse"] = logits_mse(student_logits, teacher_logits, mask)
+        target = ensemble_targets(teacher_logits, 1.0, "logits") if ensemble else teacher_logits
+        terms["logits_mse"] = logits_mse(student_logits, target, mask)
+    elif ensemble and cfg.ensemble == "probabilities":
+        target = ensemble_targets(teacher_logits, cfg.temperature, "probabilities")
+        terms["soft_ce"] = soft_cross_entropy_to_probs(student_logits, target, cfg.temperature, cfg.scale_by_t2, mask)
     else:
-        terms["soft_ce"] = soft_cross_entropy(student_logits, teacher_logits, cfg.temperature, cfg.scale_by_t2, mask)
+        target = ensemble_targets(teacher_logits, 1.0, "logits") if ensemble else teacher_logits
+        terms["soft_ce"] = soft_cross_entropy(student_logits, target, cfg.temperature, cfg.scale_by_t2, mask)
     total = terms.get("soft_ce", terms.get("logits_mse"))
     weight = hard_weight_at(cfg, progress)
     if weight > 0:

@@ -79,18 +79,44 @@ class MappingConfig:
             raise ConfigError("mapping: give either teacher_layers or pairs, not both")
 
 
+LOSS_DEFAULTS = {"embedding": 1.0, "hidden": 1.0, "attention": 1.0, "projection": "auto"}
+LOSS_PRESETS = {
+    # FitNets hints (Romero et al. 2015): the hidden loss on one guided layer pair through a learned regressor.
+    "fitnets": {"embedding": 0.0, "hidden": 1.0, "attention": 0.0, "projection": "linear"},
+}
+
+
 @dataclass(frozen=True)
 class IntermediateLossConfig:
-    """Weights of the intermediate-layer terms (0 turns a term off) and how they are computed."""
+    """Weights of the intermediate-layer terms (0 turns a term off) and how they are computed.
 
-    embedding: float = 1.0
-    hidden: float = 1.0
-    attention: float = 1.0
+    Unset weights are 1 (TinyBERT: embedding + hidden + attention) and projection `auto` (learned W_e,
+    W_h where the widths differ). `preset: fitnets` (FitNets hints, Romero et al. 2015) instead sets
+    embedding 0, attention 0, hidden 1, projection linear (the learned regressor), and the mapping becomes
+    one guided pair: the student's middle layer against the teacher's, or the single pair given as
+    `mapping.pairs: [[student, teacher]]`. With a preset, `hidden` may rescale the hint loss; setting
+    embedding or attention above 0, or another projection, contradicts the preset and is an error.
+    """
+
+    preset: Literal["fitnets"] | None = None
+    embedding: float | None = None
+    hidden: float | None = None
+    attention: float | None = None
     attention_loss: Literal["mse", "kl"] = "mse"
     attention_heads: Literal["per_head", "average"] = "per_head"
-    projection: Literal["auto", "linear", "none"] = "auto"
+    projection: Literal["auto", "linear", "none"] | None = None
 
     def __post_init__(self):
+        resolved = LOSS_PRESETS[self.preset] if self.preset else LOSS_DEFAULTS
+        for name, value in resolved.items():
+            given = getattr(self, name)
+            if given is None:
+                object.__setattr__(self, name, value)
+            elif self.preset and name != "hidden" and given != value:
+                raise ConfigError(
+                    f"loss.{name}: {given!r} contradicts loss.preset {self.preset} ({name} {value!r}); "
+                    f"remove loss.{name} or the preset"
+                )
         for name in ("embedding", "hidden", "attention"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name}: weight must be >= 0, got {getattr(self, name)}")

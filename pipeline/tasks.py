@@ -130,10 +130,12 @@ def class_names(dataset, column: str) -> list[str] | None:
     return list(names) if names else None
 
 
-def check_label_map(model_config, label_names: list[str] | None, role: str) -> list[str] | None:
+def check_label_map(model_config, label_names: list[str] | None, role: str,
+                    against: str = "the data's labels") -> list[str] | None:
     """The label order to use with a model that already has a head (a fine-tuned teacher).
 
-    Refuses a model whose labels disagree with the data: a teacher trained with another label order
+    Refuses a model whose labels disagree with the data (or, for an ensemble teacher, with the first
+    teacher's labels; `against` names them in the message): a teacher trained with another label order
     silently gives near-chance distillation (TinyBERT #229). Returns the model's order when the names
     agree, so the student's head uses the same ids as the teacher's.
     """
@@ -159,9 +161,17 @@ def check_label_map(model_config, label_names: list[str] | None, role: str) -> l
         )
     if set(model_names) != set(label_names):
         raise ModelError(
-            f"{role}'s label map {dict(enumerate(model_names))} disagrees with the data's labels {label_names}"
+            f"{role}'s label map {dict(enumerate(model_names))} disagrees with {against} {label_names}"
         )
     return model_names
+
+
+def label_permutation(model_names: list[str] | None, target_names: list[str] | None) -> list[int] | None:
+    """Indices that put a model's logits into `target_names` order (`logits[..., perm]`); None when the
+    orders already agree (or for regression). The names must be the same set (see check_label_map)."""
+    if model_names is None or model_names == target_names:
+        return None
+    return [model_names.index(name) for name in target_names]
 
 
 def label_maps(label_names: list[str] | None) -> dict:
@@ -264,17 +274,22 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         else:
             dtype = torch.float32 if isinstance(first, float) else torch.long
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
-    if "teacher_logits" in rows[0]:
-        first = np.asarray(rows[0]["teacher_logits"], dtype=np.float32)
-        if first.ndim == 2:  # token task: (tokens, classes) per row
-            logits = torch.zeros((size, width, first.shape[1]))
-            for i, row in enumerate(rows):
-                values = torch.tensor(np.asarray(row["teacher_logits"], dtype=np.float32))
-                logits[i, : values.shape[0]] = values
-        else:
-            logits = torch.tensor(np.stack([np.asarray(r["teacher_logits"], dtype=np.float32) for r in rows]))
-        batch["teacher_logits"] = logits
+    for key in rows[0]:
+        if key.startswith("teacher_logits"):  # one column per teacher: teacher_logits[_k]
+            batch[key] = _stack_logits([r[key] for r in rows], width)
     return batch
+
+
+def _stack_logits(values: list, width: int) -> torch.Tensor:
+    """Cached teacher logits as a batch: (B, C), or (B, width, C) zero-padded for token tasks."""
+    first = np.asarray(values[0], dtype=np.float32)
+    if first.ndim == 2:  # token task: (tokens, classes) per row
+        logits = torch.zeros((len(values), width, first.shape[1]))
+        for i, value in enumerate(values):
+            row = torch.tensor(np.asarray(value, dtype=np.float32))
+            logits[i, : row.shape[0]] = row
+        return logits
+    return torch.tensor(np.stack([np.asarray(v, dtype=np.float32) for v in values]))
 
 
 def epoch_batches(n_rows: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,

@@ -19,10 +19,11 @@ from pipeline.data import TokenizedCorpus
 from pipeline.intermediate import (
     StudentWithProjections,
     freeze_outside_encoder,
+    freeze_unreached,
+    intermediate_layer_map,
     intermediate_loss_terms,
     teacher_features,
 )
-from pipeline.layer_map import build_layer_map
 from pipeline.models import (
     build_student,
     check_teacher_student_fit,
@@ -60,10 +61,8 @@ def run_general(cfg: GeneralConfig) -> Path:
     student = build_student(cfg.student, teacher_config, cfg.teacher)
     check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
                               cfg.corpus.max_seq_len)
-    layer_map = build_layer_map(
-        teacher_config.num_hidden_layers, student.config.num_hidden_layers,
-        cfg.mapping.teacher_layers, cfg.mapping.pairs, cfg.mapping.embeddings,
-    )
+    layer_map = intermediate_layer_map(cfg.mapping, cfg.loss, teacher_config.num_hidden_layers,
+                                       student.config.num_hidden_layers)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
@@ -77,6 +76,8 @@ def run_general(cfg: GeneralConfig) -> Path:
     projections = build_projections(student.config.hidden_size, teacher_config.hidden_size,
                                     layer_map.student_layers, cfg.loss.projection, previous)
     freeze_outside_encoder(student)
+    model = StudentWithProjections(student, projections)
+    freeze_unreached(model, layer_map, cfg.loss)
     header = {
         "mapping (student->teacher)": layer_map.describe(),
         "teacher_params": count_parameters(teacher),
@@ -93,7 +94,7 @@ def run_general(cfg: GeneralConfig) -> Path:
                                            layer_map, cfg.loss, batch["attention_mask"])
 
         model, state, log = train_model(
-            accelerator, StudentWithProjections(student, projections),
+            accelerator, model,
             lambda state: resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id),
             compute_terms, cfg.train, output_dir, total_steps, "general distillation", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())

@@ -5,7 +5,8 @@
 Step 1 (intermediate): stage one's embedding, hidden and attention losses on the transfer set.
 Step 2 (prediction): soft cross-entropy (or logits MSE) against the teacher's logits, optionally plus
 gold-label CE; the teacher's logits come from an on-disk cache, so step 2 runs no teacher forward.
-The best student on dev is the result.
+With `ensemble_teachers`, step 2 learns from the average of several fine-tuned teachers (MT-DNN style,
+`prediction.loss.ensemble`), each teacher's logits cached separately. The best student on dev is the result.
 
 Output (`output_dir`): the student in `save_pretrained` format (AutoModelForSequenceClassification /
 AutoModelForTokenClassification, label map included) with the tokenizer and `metrics.json`;
@@ -24,14 +25,15 @@ from tqdm.auto import tqdm
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import FINISHED_MARKER, mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
     freeze_outside_encoder,
+    freeze_unreached,
+    intermediate_layer_map,
     intermediate_loss_terms,
     teacher_features,
 )
-from pipeline.layer_map import build_layer_map
 from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
 from pipeline.metrics import main_metric
 from pipeline.models import (
@@ -53,6 +55,7 @@ from pipeline.tasks import (
     check_seq_len,
     label_maps,
     label_names_from,
+    label_permutation,
     load_task_split,
     model_class_for,
     predict_logits,
@@ -90,12 +93,21 @@ class PredictionStepConfig:
 @dataclass(frozen=True)
 class TaskDistillConfig:
     """`transfer`: the transfer set (a `tinydistill augment` output folder, or any file with the task's
-    columns); default: the task's train split. `cache_dir`: where teacher logits are kept across runs."""
+    columns); default: the task's train split. `cache_dir`: where teacher logits are kept across runs.
+
+    `ensemble_teachers`: more fine-tuned teachers for step 2, besides `teacher` (which alone serves
+    step 1's intermediate losses). Step 2's soft target is the average over all of them (see
+    `prediction.loss.ensemble`; regression averages their predictions, token tasks do it per token).
+    Every teacher must read the same token ids as `teacher` and carry the same label names; the student
+    uses `teacher`'s label order, and a teacher that orders the same names differently has its logits
+    permuted into that order. Names that disagree are refused.
+    """
 
     teacher: str
     task: TaskConfig
     output_dir: str
     student: StudentConfig = field(default_factory=StudentConfig)
+    ensemble_teachers: list[str] | None = None
     transfer: str | None = None
     mapping: MappingConfig = field(default_factory=MappingConfig)
     intermediate: IntermediateStepConfig = field(default_factory=IntermediateStepConfig)
@@ -122,13 +134,14 @@ def run_task(cfg: TaskDistillConfig) -> Path:
     label_names = check_label_map(teacher_config, label_names_from(task, raw_train), "teacher")
     raw_transfer = _load_transfer(cfg) if cfg.transfer else raw_train
     check_seq_len(task, teacher_config)
+    label_orders = _check_ensemble_teachers(cfg, tokenizer, label_names)
     student_model_class = model_class_for(task.type)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=student_model_class,
                             **label_maps(label_names))
     check_teacher_student_fit(teacher_config, student.config, cfg.intermediate.loss.attention,
                               cfg.intermediate.loss.attention_heads, task.max_seq_len)
-    layer_map = build_layer_map(teacher_config.num_hidden_layers, student.config.num_hidden_layers,
-                                cfg.mapping.teacher_layers, cfg.mapping.pairs, cfg.mapping.embeddings)
+    layer_map = intermediate_layer_map(cfg.mapping, cfg.intermediate.loss, teacher_config.num_hidden_layers,
+                                       student.config.num_hidden_layers)
     needs_labels = cfg.prediction.enabled and cfg.prediction.loss.needs_labels
     transfer = tokenize_task(raw_transfer, tokenizer, task, label_names, "transfer", need_labels=needs_labels)
     data = tokenize_splits(task, tokenizer, label_names, {
@@ -154,7 +167,8 @@ def run_task(cfg: TaskDistillConfig) -> Path:
     if cfg.prediction.enabled:
         step_dir = output_dir / PREDICTION_DIR
         if not (step_dir / FINISHED_MARKER).is_file():
-            _prediction_step(accelerator, cfg, teacher, student, transfer, data, label_names, step_dir, tokenizer)
+            _prediction_step(accelerator, cfg, teacher, student, transfer, data, label_names, label_orders, step_dir,
+                             tokenizer)
         student = load_pretrained(student_model_class, str(step_dir), "step-2 student", dtype=torch.float32)
 
     accelerator.wait_for_everyone()
@@ -181,6 +195,7 @@ def _intermediate_step(accelerator, cfg: TaskDistillConfig, teacher, student, la
                                     layer_map.student_layers, cfg.intermediate.loss.projection, previous)
     freeze_outside_encoder(student)
     model = StudentWithProjections(student, projections)
+    freeze_unreached(model, layer_map, cfg.intermediate.loss)
     header = {"step": "1/2 intermediate", "mapping (student->teacher)": layer_map.describe(),
               "transfer_rows": len(transfer), "student_params": count_parameters(student)}
     with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
@@ -205,8 +220,25 @@ def _intermediate_step(accelerator, cfg: TaskDistillConfig, teacher, student, la
     accelerator.wait_for_everyone()
 
 
+def _check_ensemble_teachers(cfg: TaskDistillConfig, tokenizer, label_names: list[str] | None) -> list:
+    """For each of `teacher` and `ensemble_teachers`: the permutation that puts its logits into the
+    first teacher's label order (None: already in it). Refuses teachers that read other token ids or
+    name other labels, before anything is loaded or written."""
+    orders = [None]
+    for index, source in enumerate(cfg.ensemble_teachers or []):
+        role = f"ensemble_teachers[{index}]"
+        config = load_model_config(source, role)
+        names = check_label_map(config, label_names, role, against="the first teacher's labels")
+        check_seq_len(cfg.task, config)
+        if load_tokenizer(source, f"{role} tokenizer").get_vocab() != tokenizer.get_vocab():
+            raise ModelError(f"{role}: {source} has another vocabulary than the teacher {cfg.teacher}; "
+                             "every teacher must read the same token ids")
+        orders.append(label_permutation(names, label_names))
+    return orders
+
+
 def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, transfer, data, label_names,
-                     step_dir: Path, tokenizer) -> None:
+                     label_orders: list, step_dir: Path, tokenizer) -> None:
     step = cfg.prediction
     train = _with_resume(step.train, cfg.resume_from)
     if accelerator.is_main_process:
@@ -214,24 +246,33 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
     accelerator.wait_for_everyone()
     pad_id = tokenizer.pad_token_id
     task_type = cfg.task.type
-    live_teacher = None
-    if step.cache_teacher_logits:
-        transfer, _ = with_teacher_logits(accelerator, transfer, teacher, cfg.teacher, cfg.cache_dir,
-                                              cfg.eval_batch_size, pad_id, log=tqdm.write)
-    else:
-        live_teacher = teacher
+    sources = [cfg.teacher, *(cfg.ensemble_teachers or [])]
+    columns = [f"teacher_logits_{k}" for k in range(len(sources))]
+    live_teachers = []
+    for k, source in enumerate(sources):  # extra teachers are loaded one at a time when cached
+        member = teacher if k == 0 else load_teacher(source, step.train.teacher_dtype, model_class_for(task_type))
+        if step.cache_teacher_logits:
+            transfer, _ = with_teacher_logits(accelerator, transfer, member.to(accelerator.device), source,
+                                              cfg.cache_dir, cfg.eval_batch_size, pad_id, log=tqdm.write,
+                                              column=columns[k])
+        else:
+            live_teachers.append(member.to(accelerator.device))
     student.requires_grad_(True)
+
+    def teacher_logits(batch, inputs) -> list[torch.Tensor]:
+        """Every teacher's logits for the batch, in the first teacher's label order."""
+        if live_teachers:
+            with torch.no_grad():
+                logits = [member(**inputs).logits.float() for member in live_teachers]
+        else:
+            logits = [batch[column] for column in columns]
+        return [z if order is None else z[..., order] for z, order in zip(logits, label_orders)]
 
     def compute_terms(model, batch, progress):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         student_logits = model(**inputs).logits
-        if live_teacher is not None:
-            with torch.no_grad():
-                teacher_logits = live_teacher(**inputs).logits.float()
-        else:
-            teacher_logits = batch["teacher_logits"]
-        return prediction_terms(student_logits, teacher_logits, batch.get("labels"), task_type, step.loss,
-                                progress, batch["attention_mask"])
+        return prediction_terms(student_logits, teacher_logits(batch, inputs), batch.get("labels"), task_type,
+                                step.loss, progress, batch["attention_mask"])
 
     def save_model(model, directory: Path) -> None:
         model.save_pretrained(directory)
@@ -246,8 +287,10 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
             metric=main_metric(task_type), every=step.eval_every, save_best=save_model,
         )
     header = {"step": "2/2 prediction", "loss": step.loss.kind if task_type != "regression" else "mse",
-              "temperature": step.loss.temperature, "teacher_logits": "cached" if live_teacher is None else "live",
-              "transfer_rows": len(transfer)}
+              "temperature": step.loss.temperature, "teacher_logits": "live" if live_teachers else "cached",
+              "teachers": len(sources), "transfer_rows": len(transfer)}
+    if len(sources) > 1:
+        header["ensemble"] = step.loss.ensemble
     model, state = train_on_task_data(accelerator, student, transfer, compute_terms, train, step_dir, pad_id,
                                       "task distillation 2/2 (prediction)", header, evaluation)
     accelerator.wait_for_everyone()

@@ -238,3 +238,68 @@ def test_overwrite_refuses_a_directory_tinydistill_did_not_make(teacher_dir, cor
     with pytest.raises(ConfigError, match="not empty and was not made by tinydistill; refusing to delete it"):
         run_general(from_dict(GeneralConfig, config))
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_fitnets_preset_resolves_to_the_hidden_loss_on_one_guided_pair_through_a_regressor():
+    from pipeline.intermediate import intermediate_layer_map
+    from pipeline.schema import IntermediateLossConfig, MappingConfig
+
+    loss = from_dict(GeneralConfig, {**general_config("t", "c.txt", "o"), "loss": {"preset": "fitnets"}}).loss
+    assert (loss.embedding, loss.hidden, loss.attention, loss.projection) == (0.0, 1.0, 0.0, "linear")
+    assert IntermediateLossConfig().projection == "auto" and IntermediateLossConfig().attention == 1.0
+    # middle layers, 1-based: student 4 -> 2, teacher 12 -> 6; student 2 -> 1, teacher 4 -> 2; no embeddings
+    layer_map = intermediate_layer_map(MappingConfig(), loss, 12, 4)
+    assert layer_map.pairs == ((2, 6),) and not layer_map.embeddings
+    assert intermediate_layer_map(MappingConfig(), loss, 4, 2).pairs == ((1, 2),)
+    assert intermediate_layer_map(MappingConfig(pairs=[(1, 3)]), loss, 4, 2).pairs == ((1, 3),)
+    assert IntermediateLossConfig(preset="fitnets", hidden=2.0, embedding=0.0).hidden == 2.0
+    with pytest.raises(ConfigError, match="mapping.pairs: loss.preset fitnets guides one layer pair, got 2"):
+        intermediate_layer_map(MappingConfig(pairs=[(1, 2), (2, 4)]), loss, 4, 2)
+    with pytest.raises(ConfigError, match="mapping.teacher_layers: loss.preset fitnets guides one layer pair"):
+        intermediate_layer_map(MappingConfig(teacher_layers=[2, 4]), loss, 4, 2)
+
+
+@pytest.mark.parametrize("conflict, message", [
+    ({"attention": 1.0}, r"loss\.attention: 1\.0 contradicts loss\.preset fitnets \(attention 0\.0\)"),
+    ({"embedding": 0.5}, r"loss\.embedding: 0\.5 contradicts loss\.preset fitnets"),
+    ({"projection": "none"}, r"loss\.projection: 'none' contradicts loss\.preset fitnets \(projection 'linear'\)"),
+    ({"hidden": 0.0}, "every weight is 0"),
+])
+def test_fitnets_preset_with_conflicting_weights_is_refused(conflict, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(GeneralConfig, {**general_config("t", "c.txt", "o"), "loss": {"preset": "fitnets", **conflict}})
+
+
+def test_fitnets_stage_one_logs_only_the_hidden_term(teacher_dir, corpus_file, tmp_path):
+    out = tmp_path / "fitnets"
+    run_general(from_dict(GeneralConfig, general_config(teacher_dir, corpus_file, out, loss={"preset": "fitnets"},
+                                                        train={"max_steps": 4})))
+    steps = [r for r in read_log(out) if "step" in r and "event" not in r]
+    assert steps and all({"hidden", "loss"} <= set(r) and not {"embedding", "attention"} & set(r) for r in steps)
+    start = next(r for r in read_log(out) if r.get("event") == "start")
+    assert start["mapping (student->teacher)"] == "1->2"
+    projections = json.loads((out / "projections.json").read_text())
+    assert projections["linear"] is True and projections["student_layers"] == [1]
+
+
+def test_layers_above_the_guided_one_and_an_unused_embedding_regressor_are_frozen():
+    from transformers import BertConfig, BertModel
+
+    from pipeline.intermediate import StudentWithProjections, freeze_unreached, intermediate_layer_map
+    from pipeline.projections import build_projections
+    from pipeline.schema import IntermediateLossConfig, MappingConfig
+
+    loss = IntermediateLossConfig(preset="fitnets")
+    def model_for(layer_map):
+        student = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=4, num_attention_heads=2,
+                                       intermediate_size=16))
+        return StudentWithProjections(student, build_projections(8, 16, layer_map.student_layers, "linear", None))
+
+    layer_map = intermediate_layer_map(MappingConfig(), loss, 4, 4)  # guided pair 2 -> 2
+    model = model_for(layer_map)
+    frozen = freeze_unreached(model, layer_map, loss)
+    assert {n.split(".")[3] for n in frozen if ".encoder.layer." in n} == {"2", "3"}  # student layers 3 and 4
+    assert {n for n in frozen if n.startswith("projections.")} == {"projections.embedding.weight",
+                                                                   "projections.embedding.bias"}
+    uniform = intermediate_layer_map(MappingConfig(), IntermediateLossConfig(), 4, 4)
+    assert freeze_unreached(model_for(uniform), uniform, IntermediateLossConfig()) == []  # TinyBERT's map reaches everything

@@ -9,10 +9,12 @@ from pipeline.losses import (
     attention_kl,
     attention_mse,
     average_heads,
+    ensemble_targets,
     hard_cross_entropy,
     hidden_mse,
     logits_mse,
     soft_cross_entropy,
+    soft_cross_entropy_to_probs,
 )
 
 
@@ -88,6 +90,40 @@ def test_soft_cross_entropy_matches_hand_computation_for_unequal_logits():
     log_norm = math.log(sum(math.exp(v / t) for v in student[0].tolist()))
     expected = -sum(p * (s / t - log_norm) for p, s in zip(p_teacher, student[0].tolist())) * t * t
     assert soft_cross_entropy(student, teacher, temperature=t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def _softmax(values: list[float], t: float) -> list[float]:
+    exps = [math.exp(v / t) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def test_ensemble_targets_average_softened_probabilities_or_raw_logits():
+    first = torch.tensor([[2.0, 0.0, -2.0]])
+    second = torch.tensor([[0.0, 4.0, 0.0]])
+    t = 2.0
+    p1, p2 = _softmax([2.0, 0.0, -2.0], t), _softmax([0.0, 4.0, 0.0], t)
+    expected = [(a + b) / 2 for a, b in zip(p1, p2)]
+    probs = ensemble_targets([first, second], t, "probabilities")
+    assert probs[0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert ensemble_targets([first, second], t, "logits")[0].tolist() == [1.0, 2.0, -1.0]
+    # The two rules differ: softmax of the mean logits is not the mean of the softmaxes.
+    assert _softmax([1.0, 2.0, -1.0], t) != pytest.approx(expected, rel=1e-3)
+
+
+def test_soft_cross_entropy_to_averaged_probabilities_matches_hand_computation():
+    student = torch.tensor([[1.0, 2.0, 0.5]])
+    teachers = [torch.tensor([[2.0, 0.0, -2.0]]), torch.tensor([[0.0, 4.0, 0.0]])]
+    t = 2.0
+    target = [(a + b) / 2 for a, b in zip(_softmax([2.0, 0.0, -2.0], t), _softmax([0.0, 4.0, 0.0], t))]
+    log_p_student = [math.log(p) for p in _softmax([1.0, 2.0, 0.5], t)]
+    expected = -sum(q * lp for q, lp in zip(target, log_p_student)) * t * t
+    loss = soft_cross_entropy_to_probs(student, ensemble_targets(teachers, t, "probabilities"), t)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # logit averaging: the soft CE against softmax(mean logits / T)
+    mean_target = _softmax([1.0, 2.0, -1.0], t)
+    expected_logits = -sum(q * lp for q, lp in zip(mean_target, log_p_student)) * t * t
+    loss = soft_cross_entropy(student, ensemble_targets(teachers, t, "logits"), t)
+    assert loss.item() == pytest.approx(expected_logits, rel=1e-6)
 
 
 def test_logits_mse_sums_classes_and_averages_examples():

@@ -365,3 +365,77 @@ def test_token_labels_go_on_the_first_sub_token_only(tmp_path):
     cut = tokenize_task(longer, tokenizer, TaskConfig(type="token", train="x", max_seq_len=8),
                         ["O", "B-X", "B-Y", "I-Y"], "t")[0]
     assert cut["word_positions"] == [1, 3, 4, 6, -1, -1]
+
+
+@pytest.fixture(scope="module")
+def second_teacher(tmp_path_factory, sentiment_files, fine_tuned_teacher) -> Path:
+    """Another fine-tuned teacher from the same pretrained model, with another seed (head init, order)."""
+    base = tmp_path_factory.mktemp("pretrained2")
+    tokenizer = save_tokenizer(base, CHINESE_SENTENCES)
+    make_bert(base, vocab_size=len(tokenizer), layers=2, hidden=32, heads=4, seed=1)
+    out = tmp_path_factory.mktemp("teacher2") / "ft"
+    run_finetune(from_dict(FinetuneConfig, {
+        "model": str(base), "task": task_section(sentiment_files), "output_dir": str(out),
+        "train": quiet_train(epochs=4, lr=3e-3, warmup_ratio=0.0, seed=7),
+    }))
+    return out
+
+
+def test_two_teacher_ensemble_caches_each_teacher_and_reruns_without_teacher_forwards(
+        fine_tuned_teacher, second_teacher, sentiment_files, tmp_path, monkeypatch):
+    calls = _count_teacher_forwards(monkeypatch)
+    cfg = task_config(fine_tuned_teacher, sentiment_files, tmp_path / "first", intermediate={"enabled": False},
+                      ensemble_teachers=[str(second_teacher)])
+    run_task(from_dict(TaskDistillConfig, cfg))
+    assert calls[0] == 2  # each teacher scores the 32 transfer rows once, in one batch of 64
+    log = [json.loads(line) for line in (tmp_path / "first" / "prediction" / "train_log.jsonl").read_text()
+           .splitlines()]
+    header = next(e for e in log if e.get("event") == "start")
+    assert header["teachers"] == 2 and header["ensemble"] == "probabilities"
+    assert all("soft_ce" in e for e in log if "step" in e and "event" not in e)
+    assert len([p for p in Path(cfg["cache_dir"]).iterdir() if not p.name.startswith(".")]) == 2
+
+    calls[0] = 0
+    run_task(from_dict(TaskDistillConfig, {**cfg, "output_dir": str(tmp_path / "again")}))
+    assert calls[0] == 0
+
+
+def _relabelled_copy(teacher: Path, target: Path, id2label: dict[int, str], permutation: list[int]) -> Path:
+    """The teacher with its classifier rows permuted and its label map renamed or reordered."""
+    model = AutoModelForSequenceClassification.from_pretrained(teacher)
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[permutation])
+        model.classifier.bias.copy_(model.classifier.bias[permutation])
+    model.config.id2label, model.config.label2id = id2label, {name: i for i, name in id2label.items()}
+    model.save_pretrained(target)
+    save_tokenizer(target, CHINESE_SENTENCES)
+    return target
+
+
+def test_ensemble_teacher_with_another_label_order_is_put_in_the_first_teachers_order(
+        fine_tuned_teacher, sentiment_files, tmp_path):
+    # The same teacher with its labels swapped: once reordered, its probabilities equal the first
+    # teacher's, so the ensemble's average is the single teacher's target. The ensemble run is live.
+    swapped = _relabelled_copy(fine_tuned_teacher, tmp_path / "swapped", {0: "pos", 1: "neg"}, [1, 0])
+    prediction = {"train": quiet_train(max_steps=4), "eval_every": None}
+    single = task_config(fine_tuned_teacher, sentiment_files, tmp_path / "single", intermediate={"enabled": False},
+                         prediction=prediction)
+    run_task(from_dict(TaskDistillConfig, single))
+    ensemble = task_config(fine_tuned_teacher, sentiment_files, tmp_path / "ensemble",
+                           intermediate={"enabled": False}, ensemble_teachers=[str(swapped)],
+                           prediction={**prediction, "cache_teacher_logits": False})
+    run_task(from_dict(TaskDistillConfig, ensemble))
+    expected = load_file(tmp_path / "single" / "model.safetensors")
+    actual = load_file(tmp_path / "ensemble" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_ensemble_teacher_with_other_label_names_is_refused(fine_tuned_teacher, sentiment_files, tmp_path):
+    renamed = _relabelled_copy(fine_tuned_teacher, tmp_path / "renamed", {0: "negative", 1: "positive"}, [0, 1])
+    out = tmp_path / "out"
+    cfg = task_config(fine_tuned_teacher, sentiment_files, out, ensemble_teachers=[str(renamed)])
+    with pytest.raises(ModelError, match=r"^ensemble_teachers\[0\]'s label map \{0: 'negative', 1: 'positive'\} "
+                                         r"disagrees with the first teacher's labels \['neg', 'pos'\]$"):
+        run_task(from_dict(TaskDistillConfig, cfg))
+    assert not out.exists()
