@@ -2,7 +2,7 @@
 
 Shapes: B batch, L sequence, D hidden width, H heads, C classes. `token_mask` is (B, L) with 1 for
 real tokens and 0 for padding. Every loss is computed in float32, whatever the inputs' dtype, and is
-exactly 0 when student and teacher inputs are equal.
+exactly 0 when student and teacher inputs are equal (`hidden_cosine`: up to float rounding).
 
 Masking is by the attention mask, never by thresholds on the values (TinyBERT zeroes scores <= -1e2,
 TextBrewer every score <= -1e-3; both are wrong for some inputs, see the research notes).
