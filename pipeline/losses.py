@@ -2,7 +2,7 @@
 
 Shapes: B batch, L sequence, D hidden width, H heads, C classes. `token_mask` is (B, L) with 1 for
 real tokens and 0 for padding. Every loss is computed in float32, whatever the inputs' dtype, and is
-exactly 0 when student and teacher inputs are equal.
+exactly 0 when student and teacher inputs are equal (`hidden_cosine`: up to float rounding).
 
 Masking is by the attention mask, never by thresholds on the values (TinyBERT zeroes scores <= -1e2,
 TextBrewer every score <= -1e-3; both are wrong for some inputs, see the research notes).
@@ -137,6 +137,36 @@ def hard_cross_entropy(
         labels.reshape(-1),
         ignore_index=ignore_index,
     )
+
+
+def soft_target_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, mask: torch.Tensor
+) -> torch.Tensor:
+    """DistilBERT's soft-target loss: KL(p_T || p_S) at temperature T, mean over the `mask`ed positions, x T^2.
+
+    T^2 * sum_{i in mask} sum_v p_T(v|i) (log p_T(v|i) - log p_S(v|i)) / n_mask, with p = softmax(z / T)
+    over the vocabulary. This is DistilBERT's KLDivLoss(reduction="batchmean") x T^2 on the positions
+    selected for MLM (Sanh et al. 2019, sec. 2; `distiller.py`); it differs from the soft cross-entropy
+    only by the teacher's entropy, a constant, and is exactly 0 when the logits are equal. Logits
+    (B, L, V); `mask` (B, L), true at the positions to distil. No position selected gives 0.
+    """
+    selected = mask.bool()
+    log_p_student = F.log_softmax(student_logits[selected].float() / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits[selected].float() / temperature, dim=-1)
+    per_position = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
+    return per_position.sum() / selected.sum().clamp_min(1) * temperature**2
+
+
+def hidden_cosine(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """DistilBERT's cosine embedding loss between last hidden states: mean over real tokens of 1 - cos.
+
+    sum_{b,t real} (1 - <s_bt, t_bt> / (||s_bt|| ||t_bt||)) / n_real_tokens (Sanh et al. 2019, sec. 2:
+    "aligns the directions of the student and teacher hidden states vectors"). Both (B, L, D) with the
+    same D; padding contributes nothing. Scale: 0 (same direction) to 2 (opposite).
+    """
+    cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+    mask = token_mask.to(cosine.dtype)
+    return ((1.0 - cosine) * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

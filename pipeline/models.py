@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from pipeline.errors import ModelError
 from pipeline.schema import StudentConfig
@@ -57,6 +64,23 @@ def load_pretrained(model_class, name_or_path: str, role: str, dtype: torch.dtyp
 def load_teacher(name_or_path: str, dtype: str = "float32", model_class=AutoModel) -> PreTrainedModel:
     """A frozen teacher in eval mode: no gradients, never wrapped for DDP."""
     teacher = load_pretrained(model_class, name_or_path, "teacher", dtype=DTYPES[dtype])
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def load_masked_lm_teacher(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
+    """A frozen teacher with its masked-LM head, in eval mode. A checkpoint without the head's weights
+    (e.g. a bare `BertModel`) is refused: transformers would silently give it a random head."""
+    teacher, loading = load_pretrained(AutoModelForMaskedLM, name_or_path, "teacher", dtype=DTYPES[dtype],
+                                       output_loading_info=True)
+    base = f"{teacher.base_model_prefix}."
+    head_missing = sorted(key for key in loading["missing_keys"] if not key.startswith(base))
+    if head_missing:
+        raise ModelError(
+            f"teacher {name_or_path} has no masked-LM head weights (missing {head_missing[0]} and "
+            f"{len(head_missing) - 1} more); objective distilbert needs a teacher saved with its MLM head, "
+            "e.g. a BertForMaskedLM such as bert-base-chinese or a `tinydistill pretrain` output"
+        )
     teacher.requires_grad_(False)
     return teacher.eval()
 

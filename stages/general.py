@@ -2,20 +2,35 @@
 
     tinydistill general configs/general_tinybert4_zh.yaml [key=value ...] [--resume] [--overwrite]
 
-Output (`output_dir`): the student in `save_pretrained` format with the tokenizer, its projections
-(`projections.safetensors`), `resolved_config.yaml`, `train_log.jsonl`, `checkpoints/`, and
-`tinydistill_run.json` written last.
+Two objectives:
+  tinybert   (default; Jiao et al. 2020) intermediate-layer distillation: embeddings, hidden states and
+             attention scores of mapped layers, through learnable projections when the widths differ.
+  distilbert (Sanh et al. 2019) a masked-LM student learns on dynamically masked text from
+             distilbert.soft_ce x KL(teacher || student) at temperature T over the masked positions,
+             distilbert.mlm x the MLM loss against the original tokens, and distilbert.cosine x (1 - cos)
+             between last hidden states. Teacher and student are masked LMs; the student is usually
+             `student.init: teacher_layers` (alternate teacher layers). The cosine term needs equal
+             widths: a student of another width is refused unless distilbert.cosine is 0.
+
+Output (`output_dir`): the student in `save_pretrained` format with the tokenizer (tinybert: also its
+projections, `projections.safetensors`; distilbert: a masked LM, loadable as AutoModelForMaskedLM or
+AutoModel), `resolved_config.yaml`, `train_log.jsonl`, `checkpoints/`, and `tinydistill_run.json` written last.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForMaskedLM
 
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
 from pipeline.data import TokenizedCorpus
+from pipeline.errors import ConfigError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
     freeze_outside_encoder,
@@ -24,10 +39,13 @@ from pipeline.intermediate import (
     intermediate_loss_terms,
     teacher_features,
 )
+from pipeline.losses import hidden_cosine, masked_lm_loss, soft_target_kl
+from pipeline.masking import IGNORE_INDEX, masked_batches
 from pipeline.models import (
     build_student,
     check_teacher_student_fit,
     count_parameters,
+    load_masked_lm_teacher,
     load_model_config,
     load_teacher,
     load_tokenizer,
@@ -36,6 +54,30 @@ from pipeline.projections import Projections, build_projections
 from pipeline.runtime import TrainState, make_accelerator, resumable_batches, steps_from_corpus
 from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 from pipeline.train_loop import train_model
+
+
+@dataclass(frozen=True)
+class DistilBertLossConfig:
+    """The distilbert objective: weights of its three terms (0 turns one off), the softmax temperature of
+    the soft targets, and the share of tokens masked. Defaults are DistilBERT's (alpha_ce=5, alpha_mlm=2,
+    alpha_cos=1, temperature 2, mlm_mask_prop 0.15)."""
+
+    temperature: float = 2.0
+    soft_ce: float = 5.0
+    mlm: float = 2.0
+    cosine: float = 1.0
+    mlm_probability: float = 0.15
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ConfigError(f"distilbert.temperature: must be > 0, got {self.temperature}")
+        for name in ("soft_ce", "mlm", "cosine"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"distilbert.{name}: weight must be >= 0, got {getattr(self, name)}")
+        if self.soft_ce == self.mlm == self.cosine == 0:
+            raise ConfigError("distilbert: every weight is 0, nothing would be learned")
+        if not 0.0 < self.mlm_probability <= 1.0:
+            raise ConfigError(f"distilbert.mlm_probability: must be in (0, 1], got {self.mlm_probability}")
 
 
 @dataclass(frozen=True)
@@ -48,10 +90,29 @@ class GeneralConfig:
     loss: IntermediateLossConfig = field(default_factory=IntermediateLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     overwrite: bool = False
+    objective: Literal["tinybert", "distilbert"] = "tinybert"
+    distilbert: DistilBertLossConfig = field(default_factory=DistilBertLossConfig)
+
+    def __post_init__(self):
+        # A section the objective ignores is a mistake worth hearing about, not a silent no-op.
+        if self.objective == "distilbert":
+            if self.mapping != MappingConfig():
+                raise ConfigError("mapping: only used with objective tinybert (distilbert maps no layers)")
+            if self.loss != IntermediateLossConfig():
+                raise ConfigError("loss: only used with objective tinybert; distilbert's weights are under distilbert")
+        elif self.distilbert != DistilBertLossConfig():
+            raise ConfigError("distilbert: only used with objective distilbert (set objective: distilbert)")
 
 
 def run_general(cfg: GeneralConfig) -> Path:
-    """Distil `cfg.teacher` into a new student on `cfg.corpus`; returns the output directory."""
+    """Distil `cfg.teacher` into a new student on `cfg.corpus` with `cfg.objective`; returns the output
+    directory."""
+    if cfg.objective == "distilbert":
+        return _run_distilbert(cfg)
+    return _run_tinybert(cfg)
+
+
+def _run_tinybert(cfg: GeneralConfig) -> Path:
     accelerator = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the teacher is loaded.
     teacher_config = load_model_config(cfg.teacher, "teacher")
@@ -100,6 +161,82 @@ def run_general(cfg: GeneralConfig) -> Path:
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
     log.close()
     _save_student(accelerator, model, tokenizer, output_dir, state)
+    return output_dir
+
+
+def _run_distilbert(cfg: GeneralConfig) -> Path:
+    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    # Everything that can be wrong with the inputs is checked before the output directory is made.
+    teacher_config = load_model_config(cfg.teacher, "teacher")
+    tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
+    if tokenizer.mask_token_id is None:
+        raise ModelError(f"teacher tokenizer {cfg.teacher!r} has no mask token; objective distilbert needs one")
+    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
+                             cfg.train.seed)
+    teacher = load_masked_lm_teacher(cfg.teacher, cfg.train.teacher_dtype)
+    student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=AutoModelForMaskedLM)
+    check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
+    widths = (student.config.hidden_size, teacher_config.hidden_size)
+    if cfg.distilbert.cosine > 0 and widths[0] != widths[1]:
+        raise ConfigError(
+            f"student.hidden_size: the distilbert cosine loss compares last hidden states, so the student's "
+            f"width must equal the teacher's {widths[1]} (got {widths[0]}); use student.init: teacher_layers "
+            "or set distilbert.cosine: 0"
+        )
+    output_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        write_resolved_config(cfg, output_dir)
+    accelerator.wait_for_everyone()
+
+    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
+    teacher = teacher.to(accelerator.device)
+    weights = cfg.distilbert
+
+    def batches_from(state: TrainState):
+        batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+        return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
+                              tokenizer, weights.mlm_probability)
+
+    def compute_terms(model, batch, progress):
+        labels = batch.pop("labels")
+        needs_hidden = weights.cosine > 0
+        student_out = model(**batch, output_hidden_states=needs_hidden)
+        # no_grad rather than inference_mode: the KL keeps teacher probabilities for backward.
+        with torch.no_grad():
+            teacher_out = teacher(**batch, output_hidden_states=needs_hidden)
+        terms = {}
+        if weights.soft_ce > 0:
+            terms["soft_ce"] = soft_target_kl(student_out.logits, teacher_out.logits, weights.temperature,
+                                              labels != IGNORE_INDEX)
+        if weights.mlm > 0:
+            terms["mlm"] = masked_lm_loss(student_out.logits, labels, IGNORE_INDEX)
+        if needs_hidden:
+            terms["cosine"] = hidden_cosine(student_out.hidden_states[-1], teacher_out.hidden_states[-1],
+                                            batch["attention_mask"])
+        terms["loss"] = sum(getattr(weights, name) * value for name, value in terms.items())
+        return terms
+
+    header = {
+        "objective": "distilbert",
+        "teacher_params": count_parameters(teacher),
+        "student_params": count_parameters(student),
+        "student_layers": student.config.num_hidden_layers,
+        "temperature": weights.temperature,
+        "weights (soft_ce, mlm, cosine)": [weights.soft_ce, weights.mlm, weights.cosine],
+        "mlm_probability": weights.mlm_probability,
+    }
+    model, state, log = train_model(accelerator, student, batches_from, compute_terms, cfg.train, output_dir,
+                                    total_steps, "general distillation (distilbert)", header)
+    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
+    log.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        mark_finished(output_dir, {"stage": "general", "objective": "distilbert", "steps": state.step,
+                                   "tokens_seen": state.tokens_seen})
+    accelerator.wait_for_everyone()
     return output_dir
 
 

@@ -15,7 +15,6 @@ Output (`output_dir`): a `BertForMaskedLM` in `save_pretrained` format with the 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from pipeline.config import write_resolved_config
 from pipeline.data import TokenizedCorpus
 from pipeline.errors import ConfigError, ModelError
 from pipeline.losses import masked_lm_loss
+from pipeline.masking import IGNORE_INDEX, masked_accuracy, masked_batches
 from pipeline.models import count_parameters, load_pretrained, load_tokenizer
 from pipeline.runtime import (
     TrainState,
@@ -37,7 +37,6 @@ from pipeline.runtime import (
 from pipeline.schema import CorpusConfig, TrainConfig
 from pipeline.train_loop import train_model
 
-IGNORE_INDEX = -100
 ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
 
 
@@ -111,20 +110,11 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     accelerator.wait_for_everyone()
 
     total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
-    never_masked = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
 
-    def masked_batches(state: TrainState):
-        """The corpus batches with fresh BERT masks and `labels`; each micro-batch's masks are a function of
-        its (step, micro-batch) position, so a resumed run draws exactly the masks it would have."""
-        counter = state.step * cfg.train.grad_accum
-        for epoch, index, batch in resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id):
-            step, micro = divmod(counter, cfg.train.grad_accum)
-            generator = masking_generator(cfg.train.seed, accelerator.process_index, step, micro)
-            maskable = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], never_masked)
-            batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], maskable, tokenizer.mask_token_id,
-                                                              len(tokenizer), cfg.mlm_probability, generator)
-            counter += 1
-            yield epoch, index, batch
+    def batches_from(state: TrainState):
+        batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+        return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
+                              tokenizer, cfg.mlm_probability)
 
     def compute_terms(model, batch, progress):
         labels = batch.pop("labels")
@@ -134,7 +124,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
 
     header = {"model_params": count_parameters(model), "vocab_size": len(tokenizer),
               "mlm_probability": cfg.mlm_probability}
-    model, state, log = train_model(accelerator, model, masked_batches, compute_terms, cfg.train, output_dir,
+    model, state, log = train_model(accelerator, model, batches_from, compute_terms, cfg.train, output_dir,
                                     total_steps, "mlm pretraining", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
     log.close()
@@ -160,36 +150,6 @@ def build_masked_lm(cfg: PretrainModelConfig, vocab_size: int, max_seq_len: int)
         raise ModelError(f"corpus.max_seq_len: {max_seq_len} exceeds the max_position_embeddings {limit} of "
                          f"{cfg.init_from}")
     return model.float()
-
-
-def masking_generator(seed: int, rank: int, step: int, micro_batch: int) -> torch.Generator:
-    """A generator for one micro-batch's masking, a function of where it is in the run and nothing else,
-    so a resumed run draws exactly the masks an uninterrupted one would."""
-    key = hashlib.blake2b(f"mlm:{seed}:{rank}:{step}:{micro_batch}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
-
-
-def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_token_id: int, vocab_size: int,
-                probability: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking: (inputs, labels). Each `maskable` position is selected with `probability`;
-    a selected one becomes [MASK] (80%), a uniformly random token (10%) or stays itself (10%). Labels
-    hold the original id at selected positions and -100 elsewhere. Every draw is made for every
-    position, so the draws depend only on the shape and the generator."""
-    shape = input_ids.shape
-    selected = (torch.rand(shape, generator=generator) < probability) & maskable
-    how = torch.rand(shape, generator=generator)
-    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=input_ids.dtype)
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    inputs = torch.where(selected & (how < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
-    inputs = torch.where(selected & (how >= 0.8) & (how < 0.9), random_ids, inputs)
-    return inputs, labels
-
-
-def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Share of selected positions whose most likely token is the original (0 when none is selected)."""
-    selected = labels != IGNORE_INDEX
-    correct = (logits.argmax(dim=-1) == labels) & selected
-    return correct.sum().float() / selected.sum().clamp_min(1)
 
 
 def _save_model(accelerator, model, tokenizer, output_dir: Path, state: TrainState) -> None:

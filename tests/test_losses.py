@@ -11,10 +11,13 @@ from pipeline.losses import (
     average_heads,
     ensemble_targets,
     hard_cross_entropy,
+    hidden_cosine,
     hidden_mse,
     logits_mse,
+    masked_lm_loss,
     soft_cross_entropy,
     soft_cross_entropy_to_probs,
+    soft_target_kl,
 )
 
 
@@ -155,6 +158,55 @@ def test_prediction_losses_are_zero_or_entropy_for_equal_inputs():
     p = torch.softmax(logits, -1)
     entropy = -(p * p.log()).sum().item()
     assert soft_cross_entropy(logits, logits.clone()).item() == pytest.approx(entropy, rel=1e-6)
+
+
+def test_soft_target_kl_is_scaled_by_temperature_squared_and_averages_masked_positions():
+    # position 0: student uniform over 2 tokens, teacher [1/4, 3/4] at T=1; position 1 is not selected
+    student = torch.tensor([[[0.0, 0.0], [9.0, -9.0]]])
+    teacher = torch.tensor([[[0.0, math.log(3.0)], [-9.0, 9.0]]])
+    mask = torch.tensor([[True, False]])
+    kl_t1 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert soft_target_kl(student, teacher, 1.0, mask).item() == pytest.approx(kl_t1, rel=1e-6)
+    # at T=2 the teacher is softmax([0, ln 3] / 2) = [1, sqrt 3] / (1 + sqrt 3); the student stays uniform
+    p = [1 / (1 + math.sqrt(3)), math.sqrt(3) / (1 + math.sqrt(3))]
+    kl_t2 = sum(q * math.log(q / 0.5) for q in p)
+    assert soft_target_kl(student, teacher, 2.0, mask).item() == pytest.approx(4 * kl_t2, rel=1e-6)
+
+
+def test_soft_target_kl_is_a_mean_over_selected_positions_across_the_batch():
+    student = torch.zeros(2, 3, 2)
+    teacher = torch.zeros(2, 3, 2)
+    teacher[0, 1] = torch.tensor([0.0, math.log(3.0)])  # the only differing selected position
+    teacher[1, 2] = torch.tensor([50.0, -50.0])  # differs, but not selected
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert soft_target_kl(student, teacher, 1.0, mask).item() == pytest.approx(kl / 3, rel=1e-6)
+    assert soft_target_kl(student, teacher, 1.0, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+
+
+def test_hidden_cosine_averages_one_minus_cosine_over_real_tokens_only():
+    student = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [5.0, 5.0]]])
+    teacher = torch.tensor([[[0.0, 3.0], [2.0, 2.0], [-5.0, -5.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # token 0: orthogonal -> 1; token 1: same direction, other length -> 0; token 2 (opposite) is padding
+    assert hidden_cosine(student, teacher, mask).item() == pytest.approx(0.5, abs=1e-6)
+    assert hidden_cosine(student, teacher, torch.ones(1, 3)).item() == pytest.approx(3.0 / 3, abs=1e-6)
+
+
+def test_masked_lm_loss_averages_selected_positions():
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [9.0, -9.0]]])
+    labels = torch.tensor([[0, 1, -100]])
+    expected = (math.log(2) - math.log(0.75)) / 2
+    assert masked_lm_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_distilbert_losses_are_zero_when_student_equals_teacher():
+    torch.manual_seed(0)
+    logits, hidden = torch.randn(2, 5, 11) * 4, torch.randn(2, 5, 8)
+    selected = torch.rand(2, 5) < 0.5
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert soft_target_kl(logits, logits.clone(), 2.0, selected).item() == pytest.approx(0.0, abs=1e-6)
+    assert hidden_cosine(hidden, hidden.clone(), mask).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_losses_compute_in_float32_for_bfloat16_inputs():

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, DataError
+from pipeline.masking import mask_tokens, masking_generator
 from pipeline.vocab import SPECIAL_TOKENS, build_char_vocab
-from stages.pretrain import PretrainConfig, mask_tokens, masking_generator, run_pretrain
+from stages.pretrain import PretrainConfig, run_pretrain
 
 TINY_MODEL = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
               "max_position_embeddings": 64}
