@@ -49,6 +49,11 @@ STAGE_COMMANDS = {
         "stages.task", "TaskDistillConfig", "run_task",
         "stage two: task distillation (intermediate step, then prediction step)", resume_key="resume_from",
     ),
+    "bilstm": StageCommand(
+        "stages.bilstm", "BiLSTMConfig", "run_bilstm",
+        "distil a fine-tuned teacher into a BiLSTM (Tang et al. 2019): logits MSE on the transfer set",
+        resume_key="resume_from",
+    ),
     "evaluate": StageCommand(
         "stages.evaluate", "EvaluateConfig", "run_evaluate",
         "teacher vs student: task scores, retention, size, CPU latency, training curves",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -96,6 +96,21 @@ def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
     if len(dataset) == 0:
         raise DataError(f"task.{split}: {where} has no examples")
     return dataset
+
+
+def load_transfer(cfg: TaskConfig, transfer: str, need_labels: bool = False):
+    """The transfer set: a `tinydistill augment` output folder (its `dataset/` or `transfer.jsonl`), or any
+    file with the task's columns."""
+    path = Path(transfer)
+    if (path / "dataset").is_dir():
+        source = str(path / "dataset")
+    elif (path / "transfer.jsonl").is_file():
+        source = str(path / "transfer.jsonl")
+    elif path.exists():
+        source = str(path)
+    else:
+        raise DataError(f"transfer: not found: {transfer}")
+    return load_task_split(replace(cfg, dataset=None, format="auto", train=source), "train", need_labels=need_labels)
 
 
 def label_names_from(cfg: TaskConfig, train_dataset) -> list[str] | None:

@@ -5,6 +5,8 @@
 Output (`output_dir`): `report.json`, `report.md` (the table it also prints), `training_curves.png`
 (when the student's training logs are found and matplotlib is installed), `tinydistill_run.json`.
 Scores are on `task.test` when it is set, else on `task.dev`; both are in report.json when both are set.
+The student may be a `tinydistill bilstm` output (a directory with `bilstm_config.json`); each model reads
+the texts through its own tokenizer, and latency is timed on the same texts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.bilstm import is_bilstm_dir, load_bilstm
 from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
 from pipeline.errors import ConfigError, ModelError
@@ -78,43 +81,44 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     task = cfg.task
     if not task.dev and not task.test:
         raise ConfigError("task.dev / task.test: set at least one split to evaluate on")
-    tokenizer = load_tokenizer(cfg.student, "student tokenizer")
-    configs = {role: load_model_config(path, role) for role, path in (("teacher", cfg.teacher),
-                                                                        ("student", cfg.student))}
-    check_seq_len(task, *configs.values())
+    paths = {"teacher": cfg.teacher, "student": cfg.student}
+    parts = {role: _model_parts(path, role, task.type) for role, path in paths.items()}
+    check_seq_len(task, *(config for config, _, _ in parts.values()))
     label_names = label_names_from(task, load_task_split(task, "train")) if task.train else task.labels
-    orders = {role: check_label_map(config, label_names, role) for role, config in configs.items()}
+    orders = {role: check_label_map(config, label_names, role) for role, (config, _, _) in parts.items()}
     if orders["teacher"] != orders["student"]:
         raise ModelError(f"teacher and student order their labels differently ({orders['teacher']} vs "
                          f"{orders['student']}); scores would not be comparable")
     label_names = orders["teacher"]
     splits = {split: load_task_split(task, split) for split in ("dev", "test") if getattr(task, split)}
     report_split = "test" if "test" in splits else "dev"
-    data = {split: tokenize_task(raw, tokenizer, task, label_names, split) for split, raw in splits.items()}
+    # Each model reads the text through its own tokenizer (a BiLSTM student has its own vocabulary).
+    data = {role: {split: tokenize_task(raw, tokenizer, task, label_names, split) for split, raw in splits.items()}
+            for role, (_, tokenizer, _) in parts.items()}
     output_dir = Path(cfg.output_dir)
     prepare_output_dir(output_dir, cfg.overwrite, None)
     write_resolved_config(cfg, output_dir)
 
     device = torch.device("cpu")
     texts, pairs = _latency_texts(task, splits[report_split])
-    batches = latency_batches(tokenizer, texts, pairs, task.max_seq_len, cfg.latency.batch_sizes)
     models, split_scores = {}, {}
-    for role, path in (("teacher", cfg.teacher), ("student", cfg.student)):
-        model = load_pretrained(model_class_for(task.type), path, role, dtype=torch.float32).to(device).eval()
+    for role, (_, tokenizer, load_model) in parts.items():
+        model = load_model().to(device).eval()
         split_scores[role] = {
             split: score_predictions(task, label_names,
                                      predict_logits(model, rows, cfg.batch_size, tokenizer.pad_token_id, device), rows)
-            for split, rows in data.items()
+            for split, rows in data[role].items()
         }
         latency = {}
         if cfg.latency.enabled:
+            batches = latency_batches(tokenizer, texts, pairs, task.max_seq_len, cfg.latency.batch_sizes)
             latency = measure_latency(model, batches, threads=cfg.latency.threads,
                                       min_seconds=cfg.latency.min_seconds)
-        models[role] = {"path": path, "metrics": split_scores[role][report_split],
+        models[role] = {"path": paths[role], "metrics": split_scores[role][report_split],
                         "parameters": count_parameters(model), "latency": latency}
     report = complete_report({
         "task": {"name": cfg.name or Path(task.train or task.dev or "task").stem, "type": task.type,
-                 "split": report_split, "rows": len(data[report_split]), "labels": label_names},
+                 "split": report_split, "rows": len(splits[report_split]), "labels": label_names},
         "main_metric": main_metric(task.type),
         "models": models,
         "splits": split_scores,
@@ -130,6 +134,18 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     if plot:
         lines.append(f"training curves: {plot}")
     return "\n".join(lines)
+
+
+def _model_parts(path: str, role: str, task_type: str):
+    """(config, tokenizer, load_model) of a saved model: a Hugging Face model, or a `tinydistill bilstm`
+    student (its config and vocabulary play the same parts: label map, `pad_token_id`, tokenizer calls)."""
+    if is_bilstm_dir(path):
+        model, vocab = load_bilstm(path)
+        if model.config.task_type != task_type:
+            raise ModelError(f"{role} {path} is a BiLSTM for {model.config.task_type}, not {task_type}")
+        return model.config, vocab, lambda: model
+    config, tokenizer = load_model_config(path, role), load_tokenizer(path, f"{role} tokenizer")
+    return config, tokenizer, lambda: load_pretrained(model_class_for(task_type), path, role, dtype=torch.float32)
 
 
 def _latency_texts(task: TaskConfig, rows) -> tuple[list[str], list[str] | None]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import FINISHED_MARKER, mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
-from pipeline.errors import ConfigError, DataError, ModelError
+from pipeline.errors import ConfigError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
     freeze_outside_encoder,
@@ -57,6 +57,7 @@ from pipeline.tasks import (
     label_names_from,
     label_permutation,
     load_task_split,
+    load_transfer,
     model_class_for,
     predict_logits,
     score_predictions,
@@ -132,7 +133,8 @@ def run_task(cfg: TaskDistillConfig) -> Path:
     task = cfg.task
     raw_train = load_task_split(task, "train")
     label_names = check_label_map(teacher_config, label_names_from(task, raw_train), "teacher")
-    raw_transfer = _load_transfer(cfg) if cfg.transfer else raw_train
+    raw_transfer = (load_transfer(task, cfg.transfer, need_labels=cfg.prediction.loss.needs_labels)
+                    if cfg.transfer else raw_train)
     check_seq_len(task, teacher_config)
     label_orders = _check_ensemble_teachers(cfg, tokenizer, label_names)
     student_model_class = model_class_for(task.type)
@@ -318,18 +320,3 @@ def _prepare(output_dir: Path, cfg: TaskDistillConfig) -> None:
             "or --overwrite to start again"
         )
     prepare_output_dir(output_dir, cfg.overwrite, cfg.resume_from)
-
-
-def _load_transfer(cfg: TaskDistillConfig):
-    """The transfer set: an augment output folder (its `dataset/` or `transfer.jsonl`) or a file."""
-    path = Path(cfg.transfer)
-    if (path / "dataset").is_dir():
-        source = str(path / "dataset")
-    elif (path / "transfer.jsonl").is_file():
-        source = str(path / "transfer.jsonl")
-    elif path.exists():
-        source = str(path)
-    else:
-        raise DataError(f"transfer: not found: {cfg.transfer}")
-    task = replace(cfg.task, dataset=None, format="auto", train=source)
-    return load_task_split(task, "train", need_labels=cfg.prediction.loss.needs_labels)

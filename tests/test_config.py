@@ -102,7 +102,7 @@ def test_every_shipped_yaml_validates(path):
         assert isinstance(yaml.safe_load(path.read_text()), dict)
         return
     classes = _config_classes()
-    command = next((c for c in ("general", "pretrain", "augment", "finetune", "task", "evaluate") if path.stem.startswith(c)),
+    command = next((c for c in ("general", "pretrain", "augment", "finetune", "task", "evaluate", "bilstm") if path.stem.startswith(c)),
                    "run")
     assert command in classes, f"no config class for {path.name}"
     load_config(classes[command], path)
