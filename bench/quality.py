@@ -12,6 +12,9 @@ reviews) and NER (People's Daily nr/ns/nt as BIO). Rows per task:
   3. student with task distillation only (random init, both task steps on the original train set)
   4. full two-stage distillation with augmentation (general distillation, augmented transfer set, both
      task steps)
+  5. DistilBERT-style: stage one with `objective: distilbert` (4 teacher layers copied, soft MLM + MLM +
+     cosine), then the same task distillation on the augmented set
+  6. BiLSTM student (Tang et al. 2019), logits MSE on the augmented set (sentiment only)
 Targets: row 4 retains >= 97% of the teacher's score, and row 4 >= row 2 + 1 point.
 Everything runs through `tinydistill run`, so re-running reuses finished stages.
 """
@@ -93,6 +96,23 @@ def run_config(args, budget: dict, kind: str, row: str) -> dict:
                           "intermediate": intermediate, "prediction": prediction,
                           "cache_dir": "${run_dir}/cache"}
         return config
+    if row == "bilstm":
+        config["augment"] = {"use": str(base / kind / "two_stage" / "augment")}
+        config["bilstm"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}", "unit": "char",
+                            "embedding_dim": 128, "hidden_size": 128, "mlp_hidden": 128,
+                            "train": train_args(1e-3, budget["student_epochs"]), "cache_dir": "${run_dir}/cache"}
+        return config
+    if row == "distilbert":
+        config["augment"] = {"use": str(base / kind / "two_stage" / "augment")}
+        config["general"] = {"teacher": "${pretrain}", "objective": "distilbert",
+                             "student": {"init": "teacher_layers", "preset": None, "num_hidden_layers": 4},
+                             "corpus": {"path": f"{data}/corpus/peoples_daily.txt", "max_seq_len": seq},
+                             "train": {"lr": 5e-4, "batch_size": 32, "max_steps": budget["general_steps"],
+                                       "warmup_ratio": 0.05, "log_every": 50, "save_every": 500}}
+        config["task"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}",
+                          "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None},
+                          "intermediate": intermediate, "prediction": prediction, "cache_dir": "${run_dir}/cache"}
+        return config
     config["general"] = {"teacher": "${pretrain}", "student": STUDENT,
                          "corpus": {"path": f"{data}/corpus/peoples_daily.txt", "max_seq_len": seq},
                          "train": {"lr": 1e-3, "batch_size": 32, "max_steps": budget["general_steps"],
@@ -144,7 +164,8 @@ def main() -> None:
     table = {}
     for kind in args.tasks:
         scores = {}
-        for row in ("teacher", "direct", "task_only", "two_stage"):
+        rows = ["teacher", "direct", "task_only", "two_stage", "distilbert"] + (["bilstm"] if kind == "sentiment" else [])
+        for row in rows:
             config = run_config(args, budget, kind, row)
             if config.pop("student_init", False):
                 task = task_section(kind, str(Path(args.run_dir) / "shared" / "data"), budget["seq"])
@@ -152,11 +173,12 @@ def main() -> None:
                                       "train": train_args(1e-3, budget["student_epochs"])}
                 student = "${finetune}"
             else:
-                student = "${task}" if row != "teacher" else "${finetune}"
+                student = {"teacher": "${finetune}", "bilstm": "${bilstm}"}.get(row, "${task}")
             config["evaluate"] = {"teacher": str(Path(args.run_dir) / kind / "teacher" / "finetune"),
                                   "student": student, "task": task_section(kind, str(Path(args.run_dir) / "shared"
                                                                                       / "data"), budget["seq"]),
-                                  "latency": {"enabled": row in ("teacher", "two_stage"), "min_seconds": 1.0}}
+                                  "latency": {"enabled": row in ("teacher", "two_stage", "distilbert", "bilstm"),
+                                              "min_seconds": 1.0}}
             run_pipeline(from_dict(RunConfig, config))
             report = json.loads((Path(config["run_dir"]) / "evaluate" / "report.json").read_text())
             scores[row] = report
@@ -165,8 +187,8 @@ def main() -> None:
 
 
 def print_table(table: dict) -> None:
-    print("\n| task | row | metric | score | retention % |")
-    print("|---|---|---|---|---|")
+    print("\n| task | row | metric | score | retention % | params (M) | ms/example @1 |")
+    print("|---|---|---|---|---|---|---|")
     for kind, rows in table.items():
         teacher_score = None
         for row, report in rows.items():
@@ -176,7 +198,9 @@ def print_table(table: dict) -> None:
             if row == "teacher":
                 teacher_score = score
             retention = 100 * score / teacher_score if teacher_score else float("nan")
-            print(f"| {kind} | {row} | {metric} | {score:.4f} | {retention:.1f} |")
+            latency = model.get("latency", {}).get("1", model.get("latency", {}).get(1, {}))
+            ms = f"{latency['ms_per_example']:.2f}" if latency else ""
+            print(f"| {kind} | {row} | {metric} | {score:.4f} | {retention:.1f} | {model['parameters'] / 1e6:.2f} | {ms} |")
         direct = rows["direct"]["models"]["student"]["metrics"][rows["direct"]["main_metric"]]
         full = rows["two_stage"]["models"]["student"]["metrics"][rows["two_stage"]["main_metric"]]
         print(f"| {kind} | two_stage - direct | | {100 * (full - direct):+.1f} points | |")

@@ -1,6 +1,6 @@
 """`tinydistill run CONFIG`: every stage in order from one YAML, into one run directory.
 
-    data -> vocab -> vectors -> pretrain -> general -> augment -> finetune -> task -> evaluate
+    data -> vocab -> vectors -> pretrain -> general -> augment -> finetune -> task -> bilstm -> evaluate
 
 Each section of the run config is that stage's own config, minus `output_dir` (the run sets it to
 `run_dir/<stage>`). A section may instead say `use: PATH` (an existing artifact stands in for the
@@ -89,6 +89,7 @@ STAGES: dict[str, Stage] = {
     "augment": Stage("augment.build", "AugmentConfig", "run_augment"),
     "finetune": Stage("stages.finetune", "FinetuneConfig", "run_finetune", "train.resume_from"),
     "task": Stage("stages.task", "TaskDistillConfig", "run_task", "resume_from"),
+    "bilstm": Stage("stages.bilstm", "BiLSTMConfig", "run_bilstm", "resume_from"),
     "evaluate": Stage("stages.evaluate", "EvaluateConfig", "run_evaluate"),
 }
 
@@ -104,6 +105,7 @@ class RunConfig:
     augment: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
+    bilstm: dict[str, Any] | None = None
     evaluate: dict[str, Any] | None = None
     force: list[str] = field(default_factory=list)  # stages to rerun even when unchanged
     overwrite: bool = False  # rerun every stage (--overwrite)

@@ -74,10 +74,13 @@ def statuses(output: str) -> dict[str, str]:
 
 
 def test_pipeline_makes_every_artifact_then_skips_them_and_reruns_only_what_a_change_touches(tiny_run, capsys):
+    tiny_run["bilstm"] = {"teacher": "${finetune}", "task": tiny_run["task"]["task"], "transfer": "${augment}",
+                          "embedding_dim": 8, "hidden_size": 8, "mlp_hidden": 8, "train": quiet(max_steps=2),
+                          "cache_dir": "${run_dir}/cache"}
     summary = run_pipeline(from_dict(RunConfig, tiny_run))
     run_dir = Path(tiny_run["run_dir"])
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    stages = ["vocab", "pretrain", "general", "augment", "finetune", "task", "evaluate"]
+    stages = ["vocab", "pretrain", "general", "augment", "finetune", "task", "bilstm", "evaluate"]
     assert list(manifest["stages"]) == stages
     assert all(manifest["stages"][s]["status"] == "finished" for s in stages)
     assert AutoModelForSequenceClassification.from_pretrained(run_dir / "task").config.id2label == {0: "neg", 1: "pos"}
@@ -92,13 +95,14 @@ def test_pipeline_makes_every_artifact_then_skips_them_and_reruns_only_what_a_ch
     tiny_run["task"]["prediction"]["loss"] = {"temperature": 2.0}
     run_pipeline(from_dict(RunConfig, tiny_run))
     changed = statuses(capsys.readouterr().out)
-    assert changed == {**dict.fromkeys(stages[:5], "unchanged"), "task": "running", "evaluate": "running"}
+    assert changed == {**dict.fromkeys(stages[:5] + ["bilstm"], "unchanged"), "task": "running", "evaluate": "running"}
 
     tiny_run["general"]["train"]["lr"] = 5e-4  # upstream: general and everything that reads it
     run_pipeline(from_dict(RunConfig, tiny_run))
     changed = statuses(capsys.readouterr().out)
-    assert changed == {**dict.fromkeys(stages[:2] + ["augment", "finetune"], "unchanged"),
+    assert changed == {**dict.fromkeys(stages[:2] + ["augment", "finetune", "bilstm"], "unchanged"),
                        "general": "running", "task": "running", "evaluate": "running"}
+    assert (run_dir / "bilstm" / "bilstm_config.json").is_file()
 
 
 def test_interrupted_pipeline_resumes_the_stage_it_stopped_in(tiny_run, capsys, monkeypatch):
