@@ -1,6 +1,6 @@
 """Reference quality benchmark on real Chinese data, end to end on CPU (prints a table; not a test).
 
-    python bench/quality.py --tasks sentiment    # reference budget, sentiment: about 80 minutes on 2 CPU cores
+    python bench/quality.py --tasks sentiment    # reference budget, sentiment: about 95 minutes on 2 CPU cores
     python bench/quality.py                      # reference budget, sentiment and NER (NER not yet timed)
     python bench/quality.py --budget small       # a smaller smoke version (sentiment only by default)
     python bench/quality.py --tasks sentiment ner --run-dir runs/quality
@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BUDGETS = {
-    # reference: sentiment measured at about 80 minutes on 2 CPU cores; NER doubles the sequence length
+    # reference: sentiment measured at about 95 minutes on 2 CPU cores; NER doubles the sequence length
     "reference": {"max_train": 8000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 128, 512, 4),
                   "pretrain_steps": 150, "general_steps": 1000, "teacher_epochs": 5, "student_epochs": 3,
                   "intermediate_epochs": 1, "variants": 4, "seq": 64},
