@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pipeline.checkpoints import resolve_resume
+from pipeline.metrics import main_metric
 from pipeline.runtime import (
     RunLog,
     TrainState,
@@ -30,7 +31,7 @@ from pipeline.runtime import (
     save_checkpoint,
 )
 from pipeline.schema import TrainConfig
-from pipeline.tasks import collate, epoch_batches
+from pipeline.tasks import collate, epoch_batches, predict_logits, score_predictions
 
 BEST_DIR = "best"
 
@@ -43,6 +44,18 @@ class Evaluation:
     metric: str
     every: int | None = None  # steps; None: once per epoch (and always at the last step)
     save_best: Callable[[torch.nn.Module, Path], None] | None = None  # writes a model into a directory
+
+
+def dev_evaluation(task, label_names: list[str], dev, batch_size: int, pad_id: int, device,
+                   every: int | None, save_best: Callable[[torch.nn.Module, Path], None]) -> Evaluation | None:
+    """Scores on the tokenised `dev` split with the task's main metric; None when the task has no dev split."""
+    if dev is None:
+        return None
+    return Evaluation(
+        evaluate=lambda model: score_predictions(task, label_names,
+                                                 predict_logits(model, dev, batch_size, pad_id, device), dev),
+        metric=main_metric(task.type), every=every, save_best=save_best,
+    )
 
 
 def planned_steps(n_rows: int, train: TrainConfig, world_size: int) -> tuple[int, int]:

@@ -35,7 +35,6 @@ from pipeline.config import write_resolved_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
 from pipeline.losses import logits_mse
-from pipeline.metrics import main_metric
 from pipeline.models import count_parameters, load_model_config, load_teacher, load_tokenizer
 from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
@@ -48,13 +47,11 @@ from pipeline.tasks import (
     load_task_split,
     load_transfer,
     model_class_for,
-    predict_logits,
-    score_predictions,
     score_splits,
     tokenize_splits,
     tokenize_task,
 )
-from pipeline.train_loop import BEST_DIR, Evaluation, train_on_task_data
+from pipeline.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
 
 
 @dataclass(frozen=True)
@@ -141,15 +138,8 @@ def run_bilstm(cfg: BiLSTMConfig) -> Path:
     def save_model(model, directory: Path) -> None:
         save_bilstm(model, vocab, directory)
 
-    evaluation = None
-    if data["dev"] is not None:
-        evaluation = Evaluation(
-            evaluate=lambda m: score_predictions(
-                task, label_names,
-                predict_logits(m, data["dev"], cfg.eval_batch_size, vocab.pad_token_id, accelerator.device),
-                data["dev"]),
-            metric=main_metric(task.type), every=cfg.eval_every, save_best=save_model,
-        )
+    evaluation = dev_evaluation(task, label_names, data["dev"], cfg.eval_batch_size, vocab.pad_token_id,
+                                accelerator.device, cfg.eval_every, save_model)
     header = {"student": "bilstm", "unit": cfg.unit, "vocab": len(vocab), "vectors_coverage": coverage,
               "pair": model.config.pair, "loss": "logits_mse", "transfer_rows": len(transfer),
               "student_params": count_parameters(model)}

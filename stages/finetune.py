@@ -17,7 +17,6 @@ import torch
 from pipeline.checkpoints import mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
 from pipeline.losses import hard_cross_entropy, logits_mse
-from pipeline.metrics import main_metric
 from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
 from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
@@ -28,12 +27,10 @@ from pipeline.tasks import (
     label_names_from,
     load_task_split,
     model_class_for,
-    predict_logits,
-    score_predictions,
     score_splits,
     tokenize_splits,
 )
-from pipeline.train_loop import BEST_DIR, Evaluation, train_on_task_data
+from pipeline.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
 
 
 @dataclass(frozen=True)
@@ -80,15 +77,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
-    evaluation = None
-    if data["dev"] is not None:
-        evaluation = Evaluation(
-            evaluate=lambda m: score_predictions(
-                cfg.task, label_names,
-                predict_logits(m, data["dev"], cfg.eval_batch_size, tokenizer.pad_token_id, accelerator.device),
-                data["dev"]),
-            metric=main_metric(task_type), every=cfg.eval_every, save_best=save_model,
-        )
+    evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, tokenizer.pad_token_id,
+                                accelerator.device, cfg.eval_every, save_model)
     header = {"task": task_type, "labels": label_names, "train_rows": len(data["train"]),
               "parameters": count_parameters(model)}
     model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, cfg.train, output_dir,

@@ -35,7 +35,6 @@ from pipeline.intermediate import (
     teacher_features,
 )
 from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
-from pipeline.metrics import main_metric
 from pipeline.models import (
     build_student,
     check_teacher_student_fit,
@@ -59,13 +58,11 @@ from pipeline.tasks import (
     load_task_split,
     load_transfer,
     model_class_for,
-    predict_logits,
-    score_predictions,
     score_splits,
     tokenize_splits,
     tokenize_task,
 )
-from pipeline.train_loop import BEST_DIR, Evaluation, train_on_task_data
+from pipeline.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
 
 INTERMEDIATE_DIR, PREDICTION_DIR = "intermediate", "prediction"
 
@@ -280,14 +277,8 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
-    evaluation = None
-    if data["dev"] is not None:
-        evaluation = Evaluation(
-            evaluate=lambda m: score_predictions(
-                cfg.task, label_names, predict_logits(m, data["dev"], cfg.eval_batch_size, pad_id, accelerator.device),
-                data["dev"]),
-            metric=main_metric(task_type), every=step.eval_every, save_best=save_model,
-        )
+    evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, pad_id, accelerator.device,
+                                step.eval_every, save_model)
     header = {"step": "2/2 prediction", "loss": step.loss.kind if task_type != "regression" else "mse",
               "temperature": step.loss.temperature, "teacher_logits": "live" if live_teachers else "cached",
               "teachers": len(sources), "transfer_rows": len(transfer)}
