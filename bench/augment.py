@@ -182,9 +182,10 @@ def tinybert_style_fill(filler, request, top_k: int) -> list[str]:
     segments = [0] * len(ids) + [1] * (len(sequence) - len(ids))
     with torch.inference_mode():
         logits = filler._model(
-            input_ids=torch.tensor([sequence]), token_type_ids=torch.tensor([segments])
+            input_ids=torch.tensor([sequence], device=filler.device),
+            token_type_ids=torch.tensor([segments], device=filler.device),
         ).logits[0, start : start + k]
-    fillers = filler._beam(torch.log_softmax(logits.float(), dim=-1), top_k + 1)
+    fillers = filler._beam(torch.log_softmax(logits.float(), dim=-1).cpu(), top_k + 1)
     return [f for f in fillers if f != words[position]][:top_k]
 
 
