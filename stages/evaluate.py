@@ -1,6 +1,6 @@
 """Teacher against student on a task: scores, retention, size, CPU latency and training curves.
 
-    tinydistill evaluate configs/evaluate_reviews_zh.yaml [key=value ...] [--overwrite]
+    tinydistill evaluate CONFIG [key=value ...] [--overwrite]    (CONFIG: like the `evaluate:` section of configs/quickstart.yaml)
 
 Output (`output_dir`): `report.json`, `report.md` (the table it also prints), `training_curves.png`
 (when the student's training logs are found and matplotlib is installed), `tinydistill_run.json`.

@@ -1,6 +1,6 @@
 """Fine-tune a pretrained model on a task: the teacher for task distillation, when yours is only pretrained.
 
-    tinydistill finetune configs/finetune_reviews_zh.yaml [key=value ...] [--resume] [--overwrite]
+    tinydistill finetune configs/finetune_tnews_zh.yaml [key=value ...] [--resume] [--overwrite]
 
 Output (`output_dir`): the best model on dev (or the last, without dev) in `save_pretrained` format,
 with its label map (`id2label`/`label2id`) in config.json and the tokenizer; `metrics.json` (dev and

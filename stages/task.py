@@ -1,6 +1,6 @@
 """Stage two: task-specific distillation from a fine-tuned teacher (TinyBERT section 3.3).
 
-    tinydistill task configs/task_reviews_zh.yaml [key=value ...] [--resume] [--overwrite]
+    tinydistill task configs/task_tnews_zh.yaml [key=value ...] [--resume] [--overwrite]
 
 Step 1 (intermediate): stage one's embedding, hidden and attention losses on the transfer set.
 Step 2 (prediction): soft cross-entropy (or logits MSE) against the teacher's logits, optionally plus
