@@ -80,6 +80,20 @@ def shared_config(args, budget: dict) -> dict:
     }
 
 
+def general_run_dir(args, objective: str) -> Path:
+    """Where stage one with `objective` runs once for every task (its student is `<this>/general`)."""
+    return Path(args.run_dir) / "general" / objective
+
+
+def selected_rows(requested: list[str]) -> list[str]:
+    """Rows to run, in table order: teacher and direct always (the table compares against them), and
+    two_stage whenever distilbert or bilstm is asked for (both train on its transfer set)."""
+    wanted = {"teacher", "direct", *requested}
+    if wanted & {"distilbert", "bilstm"}:
+        wanted.add("two_stage")
+    return [row for row in ALL_ROWS if row in wanted]
+
+
 def general_config(args, budget: dict, objective: str) -> dict:
     """Stage one, shared by every task: it is task-agnostic, so each task's rows `use:` the same student."""
     base = Path(args.run_dir)
@@ -94,7 +108,7 @@ def general_config(args, budget: dict, objective: str) -> dict:
         general["train"]["lr"] = 5e-4
     else:
         general["student"] = STUDENT
-    return {"run_dir": str(base / "general" / objective),
+    return {"run_dir": str(general_run_dir(args, objective)),
             **{name: {"use": str(shared / name)} for name in ("data", "vocab", "pretrain")}, "general": general}
 
 
@@ -133,12 +147,12 @@ def run_config(args, budget: dict, kind: str, row: str) -> dict:
         return config
     if row == "distilbert":
         config["augment"] = {"use": str(base / kind / "two_stage" / "augment")}
-        config["general"] = {"use": str(base / "general" / "distilbert" / "general")}
+        config["general"] = {"use": str(general_run_dir(args, "distilbert") / "general")}
         config["task"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}",
                           "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None},
                           "intermediate": intermediate, "prediction": prediction, "cache_dir": "${run_dir}/cache"}
         return config
-    config["general"] = {"use": str(base / "general" / "tinybert" / "general")}
+    config["general"] = {"use": str(general_run_dir(args, "tinybert") / "general")}
     columns = {"text": "text", "label": "label"} if kind == "sentiment" else {"tokens": "tokens", "tags": "tags"}
     config["vectors"] = {"corpus": f"{data}/corpus/peoples_daily.txt", "dim": 50, "epochs": 2, "min_count": 3}
     config["augment"] = {"input": {"path": task["train"]}, "columns": columns, "language": "zh",
@@ -186,27 +200,24 @@ def main() -> None:
     budget = BUDGETS[args.budget]
     shared = {"run_dir": str(Path(args.run_dir) / "shared"), **shared_config(args, budget)}
     print(run_pipeline(from_dict(RunConfig, shared)))
-    rows = ["teacher", "direct"] + [row for row in ALL_ROWS[2:] if row in args.rows]
-    if "bilstm" in rows and "two_stage" not in rows:
-        rows.insert(rows.index("bilstm"), "two_stage")  # bilstm trains on two_stage's transfer set
+    rows = selected_rows(args.rows)
     for row, objective in (("two_stage", "tinybert"), ("distilbert", "distilbert")):
         if row in rows:
             run_pipeline(from_dict(RunConfig, general_config(args, budget, objective)))
     table = {}
     for kind in args.tasks:
         scores = {}
+        task = task_section(kind, str(Path(args.run_dir) / "shared" / "data"), budget["seq"])
         for row in [row for row in rows if not (row == "bilstm" and kind == "ner")]:
             config = run_config(args, budget, kind, row)
             if config.pop("student_init", False):
-                task = task_section(kind, str(Path(args.run_dir) / "shared" / "data"), budget["seq"])
                 config["finetune"] = {"model": random_student(args, budget, kind), "task": task,
                                       "train": train_args(1e-3, budget["student_epochs"])}
                 student = "${finetune}"
             else:
                 student = {"teacher": "${finetune}", "bilstm": "${bilstm}"}.get(row, "${task}")
             config["evaluate"] = {"teacher": str(Path(args.run_dir) / kind / "teacher" / "finetune"),
-                                  "student": student, "task": task_section(kind, str(Path(args.run_dir) / "shared"
-                                                                                      / "data"), budget["seq"]),
+                                  "student": student, "task": task,
                                   "latency": {"enabled": row in ("teacher", "two_stage", "distilbert", "bilstm"),
                                               "min_seconds": 1.0}}
             run_pipeline(from_dict(RunConfig, config))
