@@ -149,6 +149,13 @@ class TrainConfig:
     resume_from: str | None = None
     tensorboard: bool = False
     progress_bar: bool = True
+    group_by_length: bool = False  # task data only: batches of similar-length rows (less padding)
+
+    def corpus_only(self, section: str = "train") -> None:
+        """Refuse options that mean nothing on a packed corpus stream (stage one, pretraining)."""
+        if self.group_by_length:
+            raise ConfigError(f"{section}.group_by_length: only for task data (finetune, task, bilstm); a corpus "
+                              "stream is packed into full-length sequences")
 
     def __post_init__(self):
         positive = ("batch_size", "grad_accum", "epochs", "log_every", "save_every", "keep_checkpoints")

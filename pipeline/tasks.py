@@ -308,12 +308,13 @@ def _stack_logits(values: list, width: int) -> torch.Tensor:
 
 
 def epoch_batches(n_rows: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
-                  shuffle: bool = True) -> list[list[int]]:
+                  shuffle: bool = True, lengths: list[int] | None = None) -> list[list[int]]:
     """This rank's row indices for every step of one epoch.
 
     One seeded permutation per epoch (the same on every rank); each step takes the next
     batch_size * world_size rows and rank r gets the r-th slice, so N processes at batch b see the
     same examples per step as one process at batch N*b. The incomplete tail is dropped.
+    With `lengths` (row lengths in tokens), rows are grouped by length: see `group_by_length`.
     """
     global_batch = batch_size * world_size
     if n_rows < global_batch:
@@ -321,13 +322,31 @@ def epoch_batches(n_rows: int, batch_size: int, rank: int, world_size: int, seed
             f"the training set has {n_rows} rows, fewer than one step of batch_size {batch_size} x "
             f"{world_size} processes"
         )
-    if shuffle:
-        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    else:
-        order = list(range(n_rows))
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n_rows, generator=generator).tolist() if shuffle else list(range(n_rows))
     steps = n_rows // global_batch
+    if lengths is not None:
+        order = group_by_length(order[: steps * global_batch], lengths, global_batch, generator)
     return [order[s * global_batch + rank * batch_size: s * global_batch + (rank + 1) * batch_size]
             for s in range(steps)]
+
+
+def group_by_length(order: list[int], lengths: list[int], global_batch: int, generator: torch.Generator,
+                    window: int = 50) -> list[int]:
+    """Reorder shuffled rows so each global batch holds rows of similar length (less padding).
+
+    Windows of `window` global batches are sorted by length (longest first), cut into global
+    batches, and those batches are then shuffled across the epoch, so that batch length does not
+    follow the learning-rate schedule. Every row of `order` is kept exactly once; `len(order)` must
+    be a multiple of `global_batch`.
+    """
+    span = global_batch * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda row: -lengths[row])
+        batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [row for b in shuffled for row in batches[b]]
 
 
 @torch.no_grad()

@@ -70,8 +70,10 @@ def train_on_task_data(accelerator, model: torch.nn.Module, dataset, compute_ter
                        evaluation: Evaluation | None = None) -> tuple[torch.nn.Module, TrainState]:
     """`train_model` over a tokenized task dataset (shuffled per epoch, sharded by rank)."""
     total_steps, per_epoch = planned_steps(len(dataset), train, accelerator.num_processes)
+    lengths = [len(ids) for ids in dataset["input_ids"]] if train.group_by_length else None
     model, state, log = train_model(
-        accelerator, model, lambda state: _batches_from(dataset, state, train, accelerator, pad_id), compute_terms,
+        accelerator, model, lambda state: _batches_from(dataset, state, train, accelerator, pad_id, lengths),
+        compute_terms,
         train, output_dir, total_steps, description, header, evaluation, eval_every=per_epoch)
     log.close()
     return model, state
@@ -165,12 +167,14 @@ def _write_best(save: Callable, model: torch.nn.Module, target: Path) -> None:
     temp.rename(target)
 
 
-def _batches_from(dataset, state: TrainState, train: TrainConfig, accelerator, pad_id: int) -> Iterator:
-    """(epoch, index in epoch, batch) forever from the state's data position (exact resume)."""
+def _batches_from(dataset, state: TrainState, train: TrainConfig, accelerator, pad_id: int,
+                  lengths: list[int] | None = None) -> Iterator:
+    """(epoch, index in epoch, batch) forever from the state's data position (exact resume);
+    `lengths` groups rows of similar length into batches."""
     epoch, skip = state.epoch, state.batches_in_epoch
     while True:
         plan = epoch_batches(len(dataset), train.batch_size, accelerator.process_index,
-                             accelerator.num_processes, train.seed, epoch)
+                             accelerator.num_processes, train.seed, epoch, lengths=lengths)
         for index in range(skip, len(plan)):
             yield epoch, index, collate(dataset.select(plan[index]).to_list(), pad_id)
         epoch, skip = epoch + 1, 0

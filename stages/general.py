@@ -94,6 +94,7 @@ class GeneralConfig:
     distilbert: DistilBertLossConfig = field(default_factory=DistilBertLossConfig)
 
     def __post_init__(self):
+        self.train.corpus_only()
         # A section the objective ignores is a mistake worth hearing about, not a silent no-op.
         if self.objective == "distilbert":
             if self.mapping != MappingConfig():

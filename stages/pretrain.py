@@ -85,6 +85,7 @@ class PretrainConfig:
     overwrite: bool = False
 
     def __post_init__(self):
+        self.train.corpus_only()
         if not 0.0 < self.mlm_probability <= 1.0:
             raise ConfigError(f"mlm_probability: must be in (0, 1], got {self.mlm_probability}")
         limit = self.model.max_position_embeddings

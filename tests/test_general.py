@@ -121,8 +121,11 @@ def test_student_from_checkpoint_continues_with_its_projections(teacher_dir, cor
          "teacher has 4 attention heads, student 2"),
         (lambda c, t: c.update(loss={"projection": "none"}), ModelError, "projections are needed"),
         (lambda c, t: c["corpus"].update(max_seq_len=512), ModelError, "exceeds the teacher's max_position"),
+        (lambda c, t: c["train"].update(group_by_length=True), ConfigError,
+         "train.group_by_length: only for task data"),
     ],
-    ids=["missing-teacher", "missing-corpus", "mapping-range", "head-mismatch", "width-mismatch", "too-long"],
+    ids=["missing-teacher", "missing-corpus", "mapping-range", "head-mismatch", "width-mismatch", "too-long",
+         "group-by-length"],
 )
 def test_bad_input_fails_before_compute_with_a_clear_message(teacher_dir, corpus_file, tmp_path, change, error,
                                                              message):
@@ -184,7 +187,7 @@ def test_cli_unknown_key_is_one_line_with_exit_code_2(tmp_path, teacher_dir, cor
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "tinydistill general: error: train.bogus: unknown key (known keys here: adam_betas, adam_eps, batch_size, "
-        "epochs, grad_accum, keep_checkpoints, log_every, lr, max_grad_norm, max_steps, mixed_precision, "
+        "epochs, grad_accum, group_by_length, keep_checkpoints, log_every, lr, max_grad_norm, max_steps, mixed_precision, "
         "progress_bar, resume_from, save_every, schedule, seed, teacher_dtype, tensorboard, warmup_ratio, "
         "weight_decay)"
     )

@@ -160,11 +160,13 @@ def test_a_changed_teacher_misses_the_cache(fine_tuned_teacher, sentiment_files,
     assert len([p for p in Path(cfg["cache_dir"]).iterdir() if not p.name.startswith(".")]) == 2
 
 
+@pytest.mark.parametrize("group_by_length", [False, True])
 def test_killed_and_resumed_task_distillation_equals_an_uninterrupted_run(fine_tuned_teacher, sentiment_files,
-                                                                         tmp_path, monkeypatch):
+                                                                         tmp_path, monkeypatch, group_by_length):
     overrides = {"student": {"preset": None, "num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 24,
                              "num_attention_heads": 4, "dropout": 0.1},
-                 "prediction": {"train": quiet_train(max_steps=6, save_every=2), "eval_every": 2}}
+                 "prediction": {"train": quiet_train(max_steps=6, save_every=2, group_by_length=group_by_length),
+                                "eval_every": 2}}
     straight = tmp_path / "straight"
     run_task(from_dict(TaskDistillConfig, task_config(fine_tuned_teacher, sentiment_files, straight, **overrides)))
 
