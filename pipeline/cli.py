@@ -187,7 +187,8 @@ def _prepare_zh_data(args: argparse.Namespace) -> str:
             f"ner: {ner['unique_sentences']} unique sentences ({entities}); "
             + ", ".join(f"{name} {split['sentences']}" for name, split in ner["splits"].items())
         )
-    lines.append(f"corpus: {summary['corpus']['lines']} lines")
+    corpus = summary["corpus"]
+    lines.append(f"corpus: {corpus['lines']} lines ({corpus['held_out_lines']} holding NER dev/test sentences left out)")
     written = ["reviews/", *(["ner/"] if "ner" in summary else []), "corpus/peoples_daily.txt", lexicon.name]
     lines.append(f"written to {args.output_dir}: {', '.join(written)}")
     return "\n".join(lines)

