@@ -1,7 +1,7 @@
 """Reference quality benchmark on real Chinese data, end to end on CPU (prints a table; not a test).
 
-    python bench/quality.py                      # reference budget, both tasks, rows 1-4: ~2 h 10 min, 2 cores
-    python bench/quality.py --tasks sentiment    # sentiment only: about 50 minutes
+    python bench/quality.py                      # reference budget, both tasks, rows 1-4b: ~2 h 30 min, 2 cores
+    python bench/quality.py --tasks sentiment    # sentiment only: about 75 minutes
     python bench/quality.py --rows teacher direct task_only two_stage distilbert bilstm   # + the other systems
     python bench/quality.py --budget small       # smoke version, sentiment only by default: 15 min with all
                                                  # rows; 2,000 reviews leave the teacher below a direct student
@@ -14,6 +14,8 @@ reviews) and NER (People's Daily nr/ns/nt as BIO). Rows per task:
   3. student with task distillation only (random init, both task steps on the original train set)
   4. full two-stage distillation with augmentation (general distillation, augmented transfer set, both
      task steps)
+  4b. (two_stage_hard) row 4's intermediate-step student, prediction step with gold-label CE at 0.5;
+     the summary line takes as row 4 whichever of 4 and 4b scored better on dev (never on test)
   5. (--rows distilbert) DistilBERT-style: stage one with `objective: distilbert` (4 teacher layers
      copied, soft MLM + MLM + cosine), then the same task distillation on the augmented set
   6. (--rows bilstm) BiLSTM student (Tang et al. 2019), logits MSE on the augmented set (sentiment only)
@@ -21,10 +23,12 @@ Targets: row 4 retains >= 97% of the teacher's score, and row 4 >= row 2 + 1 poi
 Stage one is task-agnostic, so it runs once (`run_dir/general/<objective>`) and every task's rows use it.
 Everything runs through `tinydistill run`, so re-running reuses finished stages.
 
-Measured stage times (2 cores, reference budget, rows 1-4: 131 min in all): shared data + vocab +
-pretraining 2 min, general distillation 6 min; sentiment 40 min (teacher 14, direct 2, task-only 4,
-two-stage 20, evaluation 1); NER, sequence length 128, 83 min (teacher 30, direct 5, task-only 9,
-two-stage 38, evaluation 1).
+Measured stage times (2 cores, reference budget, rows 1-4b: 146 min in all, rows 1-4 alone about
+122): shared data + vocab + pretraining 3 min, general distillation 8 min; NER, sequence length 128,
+length-grouped batches, 71 min (teacher 10 epochs 30, direct 3, task-only 6, two-stage 22, 4b 10);
+sentiment 64 min (teacher 5 epochs 17, direct 3, task-only 5, two-stage 25, 4b 14). The teacher
+epochs differ per task: the NER teacher's dev F1 was still rising at 5 epochs (test F1 0.354, level
+with a direct student, so there was nothing to transfer); at 10 it reaches 0.424.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BUDGETS = {
-    # reference: about 2 h 10 min on 2 CPU cores for rows 1-4 of both tasks (stage times in the docstring)
+    # reference: about 2 h 30 min on 2 CPU cores for rows 1-4b of both tasks (stage times in the docstring)
     "reference": {"max_train": 8000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 128, 512, 4),
                   "pretrain_steps": 150, "general_steps": 1000, "teacher_epochs": {"sentiment": 5, "ner": 10},
                   "student_epochs": 3,
