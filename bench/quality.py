@@ -27,8 +27,8 @@ Measured stage times (2 cores, reference budget, rows 1-4b: 146 min in all, rows
 122): shared data + vocab + pretraining 3 min, general distillation 8 min; NER, sequence length 128,
 length-grouped batches, 72 min (teacher 10 epochs 30, direct 3, task-only 6, two-stage 22, 4b 10);
 sentiment 64 min (teacher 5 epochs 17, direct 3, task-only 5, two-stage 25, 4b 14). The teacher
-epochs differ per task: at 5 epochs the NER teacher's dev F1 was still rising (an earlier build: test F1 0.354, level
-with a direct student, so there was nothing to transfer); at 10 it reaches 0.424.
+epochs differ per task: at 5 epochs the NER teacher's dev F1 was still rising (an earlier build: test
+F1 0.354, level with a direct student, so there was nothing to transfer); at 10 it reaches 0.424.
 """
 
 from __future__ import annotations
