@@ -4,6 +4,7 @@
     tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4
     tinydistill prepare-zh-data data/zh --max-train 2000
     tinydistill build-vocab runs/vocab_zh data/zh_corpus/*.txt --min-count 2
+    tinydistill prepare-corpus data/wiki_zh --tokenizer bert-base-chinese --output data/wiki_zh_128 --num-proc 8
 
 Stage commands take a YAML config plus dotted overrides. Problems a user can fix (`TinyDistillError`)
 are printed as one line on stderr with exit code 2; nothing else is caught.
@@ -120,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     zh_data.add_argument("--corpus-lines", type=int, default=None, metavar="N", help="cap the text corpus")
     zh_data.add_argument("--skip-ner", action="store_true", help="do not write the NER set")
 
+    corpus = commands.add_parser(
+        "prepare-corpus",
+        help="tokenise and pack a raw corpus once into fixed-length token shards (random access in stage one)",
+    )
+    corpus.add_argument("inputs", nargs="+", metavar="INPUT", help="text/jsonl/csv/parquet files, dirs, globs or a hub id")
+    corpus.add_argument("--tokenizer", required=True, metavar="PATH_OR_ID", help="the teacher (or its tokenizer)")
+    corpus.add_argument("--output", required=True, type=Path, metavar="DIR")
+    corpus.add_argument("--max-seq-len", type=int, default=128)
+    corpus.add_argument("--num-proc", type=int, default=1, metavar="N", help="tokeniser processes")
+    corpus.add_argument("--shard", default=None, metavar="I/N", help="only shard I of N (whole files per shard)")
+    corpus.add_argument("--text-column", default="text")
+    corpus.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "csv", "parquet", "hub"])
+    corpus.add_argument("--packing", default="documents", choices=["documents", "across_documents", "lines"],
+                        help="fill sequences per document (default), run documents on joined by [SEP], or one "
+                             "truncated sequence per line")
+    corpus.add_argument("--overwrite", action="store_true")
+    merge_corpus = commands.add_parser("merge-corpus", help="join prepare-corpus --shard outputs into one corpus")
+    merge_corpus.add_argument("output", type=Path)
+    merge_corpus.add_argument("shards", type=Path, nargs="+")
+    merge_corpus.add_argument("--overwrite", action="store_true")
+
     merge = commands.add_parser("merge-shards", help="join augmentation shards into one transfer set")
     merge.add_argument("shards", type=Path, nargs="+")
     merge.add_argument("output", type=Path)
@@ -158,6 +180,18 @@ def _dispatch(args: argparse.Namespace):
         )
     if args.command == "prepare-zh-data":
         return _prepare_zh_data(args)
+    if args.command == "prepare-corpus":
+        from pipeline.corpus.prepare import prepare_corpus
+
+        return prepare_corpus(
+            args.inputs, args.tokenizer, args.output, max_seq_len=args.max_seq_len, num_proc=args.num_proc,
+            shard=args.shard, text_column=args.text_column, packing=args.packing, corpus_format=args.format,
+            overwrite=args.overwrite,
+        )
+    if args.command == "merge-corpus":
+        from pipeline.corpus.prepare import merge_corpus
+
+        return merge_corpus(args.output, args.shards, overwrite=args.overwrite)
     if args.command == "merge-shards":
         from augment.shards import merge_shards
 

@@ -42,19 +42,19 @@ def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_token_id: 
 
 def masked_batches(batches: Iterator, first_step: int, grad_accum: int, seed: int, rank: int, tokenizer,
                    probability: float) -> Iterator:
-    """`batches` ((epoch, index, batch) from the run's data position at optimiser step `first_step`) with
+    """`batches` ((epoch, index, batch[, reader position]) from the run's data position at optimiser step `first_step`) with
     fresh BERT masks in `input_ids` and the originals in `labels`. Micro-batches are counted from
     first_step * grad_accum, so each one's masks depend on its (step, micro-batch) position only."""
     never_masked = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     counter = first_step * grad_accum
-    for epoch, index, batch in batches:
+    for epoch, index, batch, *position in batches:
         step, micro = divmod(counter, grad_accum)
         generator = masking_generator(seed, rank, step, micro)
         maskable = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], never_masked)
         batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], maskable, tokenizer.mask_token_id,
                                                           len(tokenizer), probability, generator)
         counter += 1
-        yield epoch, index, batch
+        yield epoch, index, batch, *position
 
 
 def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

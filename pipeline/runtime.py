@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.checkpoints import checkpoint_paths, finalize_checkpoint, read_json, write_json
-from pipeline.data import TokenizedCorpus, corpus_batches
-from pipeline.errors import DataError
 from pipeline.schema import TrainConfig
 
 
@@ -81,6 +78,7 @@ class TrainState:
     tokens_seen: int = 0
     best_metric: float | None = None  # tasks: the best dev score so far, and its step
     best_step: int = 0
+    data_position: dict | None = None  # a streamed corpus's reader position (pipeline/corpus/stream.py)
 
     def save(self, directory: Path, rank: int) -> None:
         write_json(directory / f"train_state_rank{rank}.json", asdict(self))
@@ -109,43 +107,6 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainStat
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> TrainState:
     accelerator.load_state(str(checkpoint))
     return TrainState.load(checkpoint, accelerator.process_index)
-
-
-def resumable_batches(corpus: TokenizedCorpus, state: TrainState, batch_size: int, pad_id: int) -> Iterator:
-    """(epoch, index in epoch, batch) forever, starting at the state's data position (exact resume)."""
-    epoch, skip = state.epoch, state.batches_in_epoch
-    while True:
-        corpus.epoch = epoch
-        produced = 0
-        for index, batch in enumerate(corpus_batches(corpus, batch_size, pad_id)):
-            produced += 1
-            if index >= skip:
-                yield epoch, index, batch
-        if produced == 0:
-            raise DataError(
-                f"corpus {corpus.cfg.path} gives this process no full batch of {batch_size} sequences "
-                f"(skipped lines: {corpus.skipped.as_dict() or 'none'})"
-            )
-        epoch, skip = epoch + 1, 0
-
-
-def steps_from_corpus(corpus: TokenizedCorpus, train: TrainConfig, accelerator: Accelerator) -> int:
-    """Count one epoch's sequences (min over ranks) when train.max_steps is not set."""
-    count = sum(1 for _ in corpus)
-    counts = accelerator.gather(torch.tensor([count], device=accelerator.device))
-    per_rank = int(counts.min())
-    if per_rank == 0:
-        raise DataError(
-            f"corpus {corpus.cfg.path} is empty: no usable text (skipped lines: {corpus.skipped.as_dict() or 'none'})"
-        )
-    steps_per_epoch = (per_rank // train.batch_size) // train.grad_accum
-    if steps_per_epoch == 0:
-        raise DataError(
-            f"corpus {corpus.cfg.path} gives {per_rank} sequences per process, fewer than one step of "
-            f"batch_size {train.batch_size} x grad_accum {train.grad_accum}"
-        )
-    corpus.skipped.counts.clear()
-    return steps_per_epoch * train.epochs
 
 
 class RunLog:

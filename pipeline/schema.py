@@ -174,12 +174,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """A raw corpus of any size, read as a stream.
+    """A raw corpus of any size: a prepared one (`tinydistill prepare-corpus`), or read as a stream.
 
-    path: a file, a directory, a glob, or a datasets hub id. Plain text has one sentence or document
-    per line with a blank line between documents; JSONL/CSV/parquet need `text_column`.
+    path: a prepared corpus directory (it holds manifest.json), a file, a directory, a glob, or a
+    datasets hub id. Plain text has one sentence per line with a blank line between documents; each
+    JSONL/CSV/parquet record is one document and needs `text_column`.
     `packing`: concatenate the lines of a document into full max_seq_len sequences (else truncate
     each line). Lines that are empty, not UTF-8, or longer than max_line_chars are skipped and counted.
+    Streams only: `shuffle_buffer` lines make a block, the unit that ranks and workers share out and
+    inside which packed sequences are shuffled (0 or 1: no shuffle, a document per block);
+    `num_workers` DataLoader workers tokenise ahead of training, each `prefetch_batches` batches ahead.
     """
 
     path: str
@@ -191,10 +195,16 @@ class CorpusConfig:
     packing: bool = True
     shuffle_buffer: int = 10_000
     max_line_chars: int = 100_000
+    num_workers: int = 2
+    prefetch_batches: int = 4
 
     def __post_init__(self):
         if self.max_seq_len < 8:
             raise ConfigError(f"corpus.max_seq_len: must be >= 8, got {self.max_seq_len}")
         if self.shuffle_buffer < 0:
             raise ConfigError(f"corpus.shuffle_buffer: must be >= 0, got {self.shuffle_buffer}")
+        if self.num_workers < 0:
+            raise ConfigError(f"corpus.num_workers: must be >= 0, got {self.num_workers}")
+        if self.prefetch_batches < 1:
+            raise ConfigError(f"corpus.prefetch_batches: must be >= 1, got {self.prefetch_batches}")
 

@@ -3,8 +3,9 @@
 `train_model` owns the optimiser, schedule, Accelerate wrapping (devices, DDP, mixed precision,
 accumulation, clipping), exact resume, logging, checkpoints, dev evaluation and best-model selection.
 A stage supplies what differs:
-  batches_from(state)                  -> (epoch, index in epoch, batch) forever, from the state's data
-                                          position (so a resumed run sees exactly the batches it would have)
+  batches_from(state)                  -> (epoch, index in epoch, batch[, reader position]) forever, from
+                                          the state's data position (so a resumed run sees exactly the
+                                          batches it would have); a streamed corpus adds the position
   compute_terms(model, batch, progress) -> {"loss": ..., other logged terms}; progress is the fraction of
                                           steps done, for scheduled loss weights
   evaluation                           -> optional dev scoring and best-model saving
@@ -110,9 +111,12 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
         sums: dict[str, torch.Tensor] = {}
         tokens = 0
         for _ in range(train.grad_accum):
-            epoch, index, batch = next(batches)
+            epoch, index, batch, *position = next(batches)
             state.epoch, state.batches_in_epoch = epoch, index + 1
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            if position:
+                state.data_position = position[0]
+            tokens += int(batch["attention_mask"].sum())  # on the host: no device sync per micro-batch
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 terms = compute_terms(model, batch, state.step / total_steps)
                 accelerator.backward(terms["loss"])
@@ -122,7 +126,6 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
                 optimizer.zero_grad()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float() / train.grad_accum
-            tokens += int(batch["attention_mask"].sum())
             state.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
         lr = scheduler.get_last_lr()[0]
         scheduler.step()

@@ -29,7 +29,7 @@ from transformers import AutoModelForMaskedLM
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
-from pipeline.data import TokenizedCorpus
+from pipeline.corpus import open_training_corpus
 from pipeline.errors import ConfigError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
@@ -51,7 +51,7 @@ from pipeline.models import (
     load_tokenizer,
 )
 from pipeline.projections import Projections, build_projections
-from pipeline.runtime import TrainState, make_accelerator, resumable_batches, steps_from_corpus
+from pipeline.runtime import TrainState, make_accelerator
 from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 from pipeline.train_loop import train_model
 
@@ -118,20 +118,17 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
     # Everything that can be wrong with the inputs is checked before the teacher is loaded.
     teacher_config = load_model_config(cfg.teacher, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
-    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
-                             cfg.train.seed)
     student = build_student(cfg.student, teacher_config, cfg.teacher)
     check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
                               cfg.corpus.max_seq_len)
     layer_map = intermediate_layer_map(cfg.mapping, cfg.loss, teacher_config.num_hidden_layers,
                                        student.config.num_hidden_layers)
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "teacher")
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
-
-    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
 
     teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)
     previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
@@ -145,6 +142,7 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
         "teacher_params": count_parameters(teacher),
         "student_params": count_parameters(student),
         "projection_params": count_parameters(projections),
+        **corpus.describe(),
     }
     with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
             capture_attention_scores(student, layer_map.student_layers) as student_captured:
@@ -157,9 +155,9 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
 
         model, state, log = train_model(
             accelerator, model,
-            lambda state: resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id),
+            corpus.batches_from,
             compute_terms, cfg.train, output_dir, total_steps, "general distillation", header)
-    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
+    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
     _save_student(accelerator, model, tokenizer, output_dir, state)
     return output_dir
@@ -172,8 +170,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     if tokenizer.mask_token_id is None:
         raise ModelError(f"teacher tokenizer {cfg.teacher!r} has no mask token; objective distilbert needs one")
-    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
-                             cfg.train.seed)
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "teacher")
     teacher = load_masked_lm_teacher(cfg.teacher, cfg.train.teacher_dtype)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=AutoModelForMaskedLM)
     check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
@@ -190,12 +187,11 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
-    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
     teacher = teacher.to(accelerator.device)
     weights = cfg.distilbert
 
     def batches_from(state: TrainState):
-        batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+        batches = corpus.batches_from(state)
         return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
                               tokenizer, weights.mlm_probability)
 
@@ -226,10 +222,11 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         "temperature": weights.temperature,
         "weights (soft_ce, mlm, cosine)": [weights.soft_ce, weights.mlm, weights.cosine],
         "mlm_probability": weights.mlm_probability,
+        **corpus.describe(),
     }
     model, state, log = train_model(accelerator, student, batches_from, compute_terms, cfg.train, output_dir,
                                     total_steps, "general distillation (distilbert)", header)
-    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
+    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -23,17 +23,12 @@ from transformers import AutoModelForMaskedLM, BertConfig, PreTrainedModel
 
 from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
-from pipeline.data import TokenizedCorpus
+from pipeline.corpus import open_training_corpus
 from pipeline.errors import ConfigError, ModelError
 from pipeline.losses import masked_lm_loss
 from pipeline.masking import IGNORE_INDEX, masked_accuracy, masked_batches
 from pipeline.models import count_parameters, load_pretrained, load_tokenizer
-from pipeline.runtime import (
-    TrainState,
-    make_accelerator,
-    resumable_batches,
-    steps_from_corpus,
-)
+from pipeline.runtime import TrainState, make_accelerator
 from pipeline.schema import CorpusConfig, TrainConfig
 from pipeline.train_loop import train_model
 
@@ -101,8 +96,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
     if tokenizer.mask_token_id is None:
         raise ModelError(f"tokenizer {cfg.tokenizer!r} has no mask token; masked-LM pretraining needs one")
-    corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
-                             cfg.train.seed)
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "tokenizer")
     model = build_masked_lm(cfg.model, len(tokenizer), cfg.corpus.max_seq_len)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -110,10 +104,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
-    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
-
     def batches_from(state: TrainState):
-        batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
+        batches = corpus.batches_from(state)
         return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
                               tokenizer, cfg.mlm_probability)
 
@@ -124,10 +116,10 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         return {"loss": loss, "mlm_accuracy": masked_accuracy(logits.detach(), labels)}
 
     header = {"model_params": count_parameters(model), "vocab_size": len(tokenizer),
-              "mlm_probability": cfg.mlm_probability}
+              "mlm_probability": cfg.mlm_probability, **corpus.describe()}
     model, state, log = train_model(accelerator, model, batches_from, compute_terms, cfg.train, output_dir,
                                     total_steps, "mlm pretraining", header)
-    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
+    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
     _save_model(accelerator, model, tokenizer, output_dir, state)
     return output_dir

@@ -23,15 +23,20 @@ def _launch(args, tmp_path):
 
 def test_two_processes_match_one_process_with_the_doubled_batch(teacher_dir, tmp_path):
     # Every line is longer than max_seq_len, so every sequence is full: each rank's loss is a mean over
-    # the same number of tokens and DDP's gradient average equals the one-process mean exactly.
+    # the same number of tokens and DDP's gradient average equals the one-process mean exactly. A prepared
+    # corpus gives the two ranks' batches at a step the rows of the one-process batch.
+    from pipeline.corpus.prepare import prepare_corpus
+
     lines = [CHINESE_SENTENCES[i % 8] + CHINESE_SENTENCES[(i + 3) % 8] for i in range(64)]
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    corpus = prepare_corpus([str(text)], str(teacher_dir), tmp_path / "prepared", max_seq_len=32, packing="lines",
+                            progress_bar=False)
 
     def write_config(name, batch_size):
         config = general_config(teacher_dir, corpus, tmp_path / name,
                                 train={"batch_size": batch_size, "max_steps": 4, "save_every": 100})
-        config["corpus"].update(packing=False, shuffle_buffer=8)
+        config["corpus"] = {"path": str(corpus), "max_seq_len": 32, "packing": False}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path

@@ -139,7 +139,7 @@ def test_bad_input_fails_before_compute_with_a_clear_message(teacher_dir, corpus
 def test_empty_corpus_is_reported_with_skip_counts(teacher_dir, tmp_path):
     corpus = tmp_path / "empty.txt"
     corpus.write_bytes(b"\n\n   \n\xff\xfe broken\n")
-    config = general_config(teacher_dir, corpus, tmp_path / "out", train={"max_steps": None})
+    config = general_config(teacher_dir, corpus, tmp_path / "out")
     with pytest.raises(DataError, match=r"is empty: no usable text .*'empty': 3, 'invalid_utf8': 1"):
         run_general(from_dict(GeneralConfig, config))
 
