@@ -284,3 +284,27 @@ def test_cli_prepare_corpus_prints_the_output_and_refuses_bad_input_in_one_line(
                 "--output", str(out))
     assert again.returncode == 2
     assert again.stderr.strip() == f"tinydistill prepare-corpus: error: {out} exists; pass --overwrite to replace it"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_record_corpora_stream_and_prepare_alike_and_resume_exactly(corpus, documents, tmp_path, suffix):
+    # Each record is one document; csv and parquet go through datasets streaming and its state_dict.
+    import pandas
+
+    texts = ["".join(doc) for doc in documents]
+    path = tmp_path / f"records{suffix}"
+    frame = pandas.DataFrame({"id": range(len(texts)), "text": texts})
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),
+     ".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    tokenizer = corpus["tokenizer"]
+    cfg = CorpusConfig(path=str(path), max_seq_len=48, shuffle_buffer=6, num_workers=0)
+    prepared = prepare_corpus([str(path)], str(corpus["tokenizer_dir"]), tmp_path / "p", max_seq_len=48,
+                              progress_bar=False)
+    assert read_manifest(prepared)["documents"] == len(texts)
+    streamed = streamed_rows(CorpusConfig(path=str(path), max_seq_len=48, shuffle_buffer=0, num_workers=0),
+                             tokenizer)
+    assert sorted(map(tuple, streamed)) == sorted(map(tuple, all_prepared_rows(prepared)))
+    straight = [item for _, item in zip(range(30), StreamReader(cfg, tokenizer, 0, 1, 0, 2).batches_from(None, 0))]
+    resumed = StreamReader(cfg, tokenizer, 0, 1, 0, 2).batches_from(straight[16][3], 17)
+    for expected in straight[17:]:
+        torch.testing.assert_close(next(resumed)[2]["input_ids"], expected[2]["input_ids"])
