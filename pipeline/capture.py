@@ -3,9 +3,10 @@
 transformers 5 runs BERT attention through `scaled_dot_product_attention`, which never materialises the
 scores; `output_attentions=True` silently returns nothing under sdpa, and switching the model to
 eager would slow every layer. Instead we register one attention function with transformers'
-AttentionInterface. For a layer we were asked to watch it computes the scores with one extra matmul
-and records them (with autograd, so a student learns through them); every layer, watched or not, then
-runs the regular sdpa kernel for its output, so the model's outputs are unchanged.
+AttentionInterface. A layer we were asked to watch computes its scores once, records them (with
+autograd, so a student learns through them) and attends with them: scores -> masked softmax -> dropout
+-> @V, eager attention's arithmetic. Every other layer runs the regular sdpa kernel. Outputs equal
+sdpa's up to float rounding.
 
 The recorded scores carry no mask: padding is excluded by the losses through the attention mask.
 """
@@ -27,12 +28,31 @@ CAPTURE_IMPLEMENTATION = "tinydistill_capture"
 _RECORDER_ATTRIBUTE = "_tinydistill_score_recorder"
 
 
-def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     record = getattr(module, _RECORDER_ATTRIBUTE, None)
-    if record is not None:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        record(torch.matmul(query, key.transpose(-1, -2)) * scale)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    if record is None or key.shape[1] != query.shape[1]:  # unwatched (or grouped-query) layers: plain sdpa
+        if record is not None:
+            record(torch.matmul(query, key.transpose(-1, -2)) * _scale(query, scaling))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    # A watched layer computes its scores once and attends with them (eager attention), instead of sdpa
+    # plus a second QK^T: one (B, H, L, L) matmul fewer, and the scale is applied to Q (L x d), not to
+    # the (L x L) scores.
+    scores = torch.matmul(query * _scale(query, scaling), key.transpose(-1, -2))
+    record(scores)
+    if attention_mask is None:
+        masked = scores
+    elif attention_mask.dtype == torch.bool:
+        masked = torch.where(attention_mask, scores, torch.finfo(scores.dtype).min)
+    else:
+        masked = scores + attention_mask
+    weights = nn.functional.softmax(masked, dim=-1, dtype=torch.float32).to(value.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+def _scale(query: torch.Tensor, scaling: float | None) -> float:
+    return scaling if scaling is not None else query.shape[-1] ** -0.5
 
 
 # Registration is idempotent and only adds a name; models opt in through `capture_attention_scores`.

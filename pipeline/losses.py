@@ -41,9 +41,34 @@ def attention_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torc
     (1/h) sum_i MSE(A_i^S, A_i^T) (paper eq. 3) with explicit masks. Shapes: (B, H, L, L), (B, L).
     """
     pairs = attention_pair_mask(token_mask)
-    squared = (student.float() - teacher.float()).pow(2).masked_fill(~pairs, 0.0)
-    count = pairs.sum() * squared.shape[1]
-    return squared.sum() / count.clamp_min(1)
+    count = (token_mask.sum(dim=-1).float().pow(2).sum() * student.shape[1]).clamp_min(1.0)
+    return _MaskedSquaredError.apply(student, teacher, pairs, count)
+
+
+class _MaskedSquaredError(torch.autograd.Function):
+    """sum((s - t)^2 over `pairs`) / count, with its gradient 2 (s - t) [pair] / count written directly.
+
+    One (B, H, L, L) float32 difference is made and kept for backward; autograd's composition of
+    sub, pow, masked_fill and sum makes and keeps several, and the attention loss runs on every
+    mapped layer of every step.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, pairs, count):
+        diff = student.float() - teacher.float()
+        diff.masked_fill_(~pairs, 0.0)
+        flat = diff.view(-1)
+        ctx.save_for_backward(diff, count)
+        ctx.dtypes = (student.dtype, teacher.dtype)
+        return torch.dot(flat, flat) / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        diff, count = ctx.saved_tensors
+        grad = diff * (2.0 * grad_output / count)
+        grad_student = grad.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_teacher = (-grad).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return grad_student, grad_teacher, None, None
 
 
 def attention_kl(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

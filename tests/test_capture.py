@@ -48,7 +48,7 @@ def test_captured_scores_equal_manual_qk_over_sqrt_d(teacher_dir):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_every_layer_still_runs_sdpa_and_outputs_are_unchanged(teacher_dir, monkeypatch):
+def test_unwatched_layers_run_sdpa_and_outputs_are_unchanged(teacher_dir, monkeypatch):
     model = AutoModel.from_pretrained(teacher_dir, attn_implementation="sdpa").eval()
     batch = _batch()
     with torch.no_grad():
@@ -63,10 +63,24 @@ def test_every_layer_still_runs_sdpa_and_outputs_are_unchanged(teacher_dir, monk
     monkeypatch.setattr(sdpa_module.torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
     with torch.no_grad(), capture_attention_scores(model, [1, 3]) as captured:
         captured_run = model(**batch).last_hidden_state
-    assert len(calls) == model.config.num_hidden_layers
+    assert len(calls) == model.config.num_hidden_layers - 2  # watched layers attend with their own scores
     assert sorted(captured) == [1, 3]
     torch.testing.assert_close(captured_run, reference)
     assert model.config._attn_implementation == "sdpa"  # restored on exit
+
+
+def test_watched_layers_give_sdpa_gradients(teacher_dir):
+    # The watched layers' eager attention must backpropagate as sdpa does, padding included.
+    batch = _batch()
+    grads = []
+    for watched in ([], [1, 2, 3, 4]):
+        model = AutoModel.from_pretrained(teacher_dir, attn_implementation="sdpa").eval()
+        with capture_attention_scores(model, watched):
+            model(**batch).last_hidden_state.pow(2).mean().backward()
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_captured_student_scores_carry_gradients(teacher_dir):

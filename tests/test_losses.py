@@ -8,6 +8,7 @@ import torch
 from pipeline.losses import (
     attention_kl,
     attention_mse,
+    attention_pair_mask,
     average_heads,
     ensemble_targets,
     hard_cross_entropy,
@@ -214,3 +215,21 @@ def test_losses_compute_in_float32_for_bfloat16_inputs():
     teacher = torch.zeros(1, 2, 4, dtype=torch.bfloat16)
     result = hidden_mse(student, teacher, torch.ones(1, 2))
     assert result.dtype == torch.float32 and result.item() == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_mse_gradient_equals_autograd_of_the_formula(dtype):
+    # The fused loss writes its gradient by hand: it must be autograd's gradient of the plain formula.
+    torch.manual_seed(0)
+    student = (torch.randn(2, 3, 5, 5) * 3).to(dtype).requires_grad_()
+    teacher = (torch.randn(2, 3, 5, 5) * 3).to(dtype)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    attention_mse(student, teacher, mask).backward()
+    fused = student.grad.clone()
+    student.grad = None
+    pairs = attention_pair_mask(mask)
+    reference = (student.float() - teacher.float()).pow(2).masked_fill(~pairs, 0).sum() / (pairs.sum() * 3)
+    reference.backward()
+    assert reference.item() == pytest.approx(attention_mse(student, teacher, mask).item(), rel=1e-6)
+    torch.testing.assert_close(fused, student.grad, rtol=1e-6, atol=1e-7)
+    assert fused.dtype == dtype and fused[0, :, 3:, :].abs().sum() == 0 and fused[0, :, :, 3:].abs().sum() == 0
