@@ -26,9 +26,13 @@ from pipeline.errors import ModelError
 
 CAPTURE_IMPLEMENTATION = "tinydistill_capture"
 _RECORDER_ATTRIBUTE = "_tinydistill_score_recorder"
+_QKV_RECORDER_ATTRIBUTE = "_tinydistill_qkv_recorder"
 
 
 def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    record_qkv = getattr(module, _QKV_RECORDER_ATTRIBUTE, None)
+    if record_qkv is not None:
+        record_qkv(query, key, value)
     record = getattr(module, _RECORDER_ATTRIBUTE, None)
     if record is None or key.shape[1] != query.shape[1]:  # unwatched (or grouped-query) layers: plain sdpa
         if record is not None:
@@ -84,26 +88,41 @@ def capture_attention_scores(model: nn.Module, layers: Sequence[int]) -> Iterato
     The dict is overwritten by each forward. On exit the model's attention implementation and
     modules are restored.
     """
+    with _recording(model, layers, _RECORDER_ATTRIBUTE, "attention") as found:
+        yield found
+
+
+@contextmanager
+def capture_qkv(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, tuple[torch.Tensor, ...]]]:
+    """Like `capture_attention_scores`, but records each chosen layer's (query, key, value), each
+    (B, H, L, d), as its own projections made them (MiniLMv2's relations); those layers keep sdpa."""
+    with _recording(model, layers, _QKV_RECORDER_ATTRIBUTE, "queries, keys and values") as found:
+        yield found
+
+
+@contextmanager
+def _recording(model: nn.Module, layers: Sequence[int], attribute: str, what: str):
     modules = self_attention_modules(model)
-    scores: dict[int, torch.Tensor] = {}
+    found: dict[int, object] = {}
     for layer in layers:
         if not 1 <= layer <= len(modules):
-            raise ModelError(f"cannot capture attention of layer {layer}: the model has {len(modules)} layers")
+            raise ModelError(f"cannot capture {what} of layer {layer}: the model has {len(modules)} layers")
     previous = model.config._attn_implementation
     for layer in set(layers):
-        setattr(modules[layer - 1], _RECORDER_ATTRIBUTE, _make_recorder(scores, layer))
+        setattr(modules[layer - 1], attribute, _make_recorder(found, layer))
     model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
     try:
-        yield scores
+        yield found
     finally:
         for module in modules:
-            if hasattr(module, _RECORDER_ATTRIBUTE):
-                delattr(module, _RECORDER_ATTRIBUTE)
-        model.set_attn_implementation(previous)
+            if hasattr(module, attribute):
+                delattr(module, attribute)
+        if not any(hasattr(m, a) for m in modules for a in (_RECORDER_ATTRIBUTE, _QKV_RECORDER_ATTRIBUTE)):
+            model.set_attn_implementation(previous)
 
 
-def _make_recorder(scores: dict[int, torch.Tensor], layer: int):
-    def record(layer_scores: torch.Tensor) -> None:
-        scores[layer] = layer_scores
+def _make_recorder(found: dict, layer: int):
+    def record(*tensors: torch.Tensor) -> None:
+        found[layer] = tensors[0] if len(tensors) == 1 else tensors
 
     return record

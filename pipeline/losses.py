@@ -89,6 +89,26 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch
     return pointwise.sum() / rows.clamp_min(1)
 
 
+def relation_scores(vectors: torch.Tensor, relation_heads: int) -> torch.Tensor:
+    """MiniLMv2 self-attention relation scores (Wang et al. 2021, eq. 4): the per-head vectors of one
+    kind (queries, keys or values; (B, H, L, d)) are concatenated to (B, L, H*d), split into R relation
+    heads of d_r = H*d / R, and each head gives X_r X_r^T / sqrt(d_r). -> (B, R, L, L) pre-softmax."""
+    batch, heads, length, width = vectors.shape
+    d_r = heads * width // relation_heads
+    split = vectors.float().transpose(1, 2).reshape(batch, length, relation_heads, d_r).transpose(1, 2)
+    return torch.matmul(split, split.transpose(-1, -2)) / d_r**0.5
+
+
+def relation_kl(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor,
+                relation_heads: int) -> torch.Tensor:
+    """KL(teacher relation || student relation) for one kind of vector (MiniLMv2 eq. 5): `attention_kl`
+    of the two `relation_scores`, so padded keys are out of both softmaxes and the mean runs over
+    relation heads and real query positions. Head counts and widths of the two sides may differ;
+    both widths must divide by `relation_heads`. Shapes: (B, H_s, L, d_s), (B, H_t, L, d_t), (B, L)."""
+    return attention_kl(relation_scores(student, relation_heads), relation_scores(teacher, relation_heads),
+                        token_mask)
+
+
 def average_heads(scores: torch.Tensor) -> torch.Tensor:
     """(B, H, L, L) -> (B, 1, L, L): the head-averaged map, for teachers and students whose head
     counts differ (e.g. BERT-large's 16 heads against TinyBERT's 12)."""

@@ -2,7 +2,7 @@
 
     tinydistill general configs/general_tinybert4_zh.yaml [key=value ...] [--resume] [--overwrite]
 
-Two objectives:
+Three objectives:
   tinybert   (default; Jiao et al. 2020) intermediate-layer distillation: embeddings, hidden states and
              attention scores of mapped layers, through learnable projections when the widths differ.
   distilbert (Sanh et al. 2019) a masked-LM student learns on dynamically masked text from
@@ -11,10 +11,13 @@ Two objectives:
              between last hidden states. Teacher and student are masked LMs; the student is usually
              `student.init: teacher_layers` (alternate teacher layers). The cosine term needs equal
              widths: a student of another width is refused unless distilbert.cosine is 0.
+  minilmv2   (Wang et al. 2021) the student's last layer learns the query-query, key-key and value-value
+             self-attention relations of one teacher layer (default the last) through KL over
+             minilmv2.relation_heads relation heads: no projections, any widths and head counts.
 
 Output (`output_dir`): the student in `save_pretrained` format with the tokenizer (tinybert: also its
 projections, `projections.safetensors`; distilbert: a masked LM, loadable as AutoModelForMaskedLM or
-AutoModel), `resolved_config.yaml`, `train_log.jsonl`, `checkpoints/`, and `tinydistill_run.json` written last.
+AutoModel; minilmv2: the encoder), `resolved_config.yaml`, `train_log.jsonl`, `checkpoints/`, and `tinydistill_run.json` written last.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForMaskedLM
 
-from pipeline.capture import capture_attention_scores
+from pipeline.capture import capture_attention_scores, capture_qkv
 from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
 from pipeline.corpus import open_training_corpus
@@ -41,6 +44,7 @@ from pipeline.intermediate import (
 )
 from pipeline.losses import hidden_cosine, masked_lm_loss, soft_target_kl
 from pipeline.masking import IGNORE_INDEX, masked_batches
+from pipeline.minilm import MiniLMv2Config, check_relation_shapes, freeze_unreached_by, relation_terms
 from pipeline.models import (
     build_student,
     check_teacher_student_fit,
@@ -90,19 +94,23 @@ class GeneralConfig:
     loss: IntermediateLossConfig = field(default_factory=IntermediateLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     overwrite: bool = False
-    objective: Literal["tinybert", "distilbert"] = "tinybert"
+    objective: Literal["tinybert", "distilbert", "minilmv2"] = "tinybert"
     distilbert: DistilBertLossConfig = field(default_factory=DistilBertLossConfig)
+    minilmv2: MiniLMv2Config = field(default_factory=MiniLMv2Config)
 
     def __post_init__(self):
         self.train.corpus_only()
         # A section the objective ignores is a mistake worth hearing about, not a silent no-op.
-        if self.objective == "distilbert":
+        if self.objective != "tinybert":
             if self.mapping != MappingConfig():
-                raise ConfigError("mapping: only used with objective tinybert (distilbert maps no layers)")
+                raise ConfigError(f"mapping: only used with objective tinybert ({self.objective} maps no layer list)")
             if self.loss != IntermediateLossConfig():
-                raise ConfigError("loss: only used with objective tinybert; distilbert's weights are under distilbert")
-        elif self.distilbert != DistilBertLossConfig():
+                raise ConfigError(f"loss: only used with objective tinybert; {self.objective}'s weights are under "
+                                  f"{self.objective}")
+        if self.objective != "distilbert" and self.distilbert != DistilBertLossConfig():
             raise ConfigError("distilbert: only used with objective distilbert (set objective: distilbert)")
+        if self.objective != "minilmv2" and self.minilmv2 != MiniLMv2Config():
+            raise ConfigError("minilmv2: only used with objective minilmv2 (set objective: minilmv2)")
 
 
 def run_general(cfg: GeneralConfig) -> Path:
@@ -110,6 +118,8 @@ def run_general(cfg: GeneralConfig) -> Path:
     directory."""
     if cfg.objective == "distilbert":
         return _run_distilbert(cfg)
+    if cfg.objective == "minilmv2":
+        return _run_minilmv2(cfg)
     return _run_tinybert(cfg)
 
 
@@ -233,6 +243,60 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
         mark_finished(output_dir, {"stage": "general", "objective": "distilbert", "steps": state.step,
+                                   "tokens_seen": state.tokens_seen})
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def _run_minilmv2(cfg: GeneralConfig) -> Path:
+    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    # Everything that can be wrong with the inputs is checked before the output directory is made.
+    teacher_config = load_model_config(cfg.teacher, "teacher")
+    tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
+    student = build_student(cfg.student, teacher_config, cfg.teacher)
+    check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
+    teacher_layer = check_relation_shapes(cfg.minilmv2, teacher_config, student.config)
+    student_layer = student.config.num_hidden_layers
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "teacher")
+    output_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        write_resolved_config(cfg, output_dir)
+    accelerator.wait_for_everyone()
+
+    teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)
+    student.to(accelerator.device)
+    freeze_outside_encoder(student)
+    header = {"objective": "minilmv2", "relations (student->teacher layer)": f"{student_layer}->{teacher_layer}",
+              "relation_heads": cfg.minilmv2.relation_heads,
+              "weights (qq, kk, vv)": [cfg.minilmv2.qq, cfg.minilmv2.kk, cfg.minilmv2.vv],
+              "teacher_params": count_parameters(teacher), "student_params": count_parameters(student),
+              **corpus.describe()}
+    with capture_qkv(teacher, [teacher_layer]) as teacher_qkv, capture_qkv(student, [student_layer]) as student_qkv:
+
+        def compute_terms(model, batch, progress):
+            with torch.no_grad():
+                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        token_type_ids=batch.get("token_type_ids"))
+            model(**batch)
+            return relation_terms(student_qkv[student_layer], teacher_qkv[teacher_layer], batch["attention_mask"],
+                                  cfg.minilmv2)
+
+        probe = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]])
+        probe_batch = {"input_ids": probe, "attention_mask": torch.ones_like(probe),
+                       "token_type_ids": torch.zeros_like(probe)}
+        header["frozen (no relation reaches them)"] = len(freeze_unreached_by(
+            student, lambda model: compute_terms(model, {k: v.to(accelerator.device) for k, v in probe_batch.items()},
+                                                 0.0)["loss"]))
+        model, state, log = train_model(accelerator, student, corpus.batches_from, compute_terms, cfg.train,
+                                        output_dir, total_steps, "general distillation (minilmv2)", header)
+    log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
+    log.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        mark_finished(output_dir, {"stage": "general", "objective": "minilmv2", "steps": state.step,
                                    "tokens_seen": state.tokens_seen})
     accelerator.wait_for_everyone()
     return output_dir
