@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import interrupt_after, make_bert, save_tokenizer, CHINESE_SENTENCES
+from conftest import CHINESE_SENTENCES, interrupt_after, make_bert, save_tokenizer
 from safetensors.torch import load_file
 from test_general import general_config
 
@@ -36,7 +36,7 @@ def test_relation_kl_by_hand_three_tokens_two_relation_heads_one_padded():
             p_s = _softmax([sum(a * b for a, b in zip(s[i], s[j])) / math.sqrt(2) for j in range(2)])
             expected += sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
     expected /= 2 * 2  # relation heads x real queries
-    as_heads = lambda rows: torch.tensor([[rows]])  # noqa: E731 - (B=1, H=1, L=3, d=4)
+    as_heads = lambda rows: torch.tensor([[rows]])
     mask = torch.tensor([[1, 1, 0]])
     assert relation_kl(as_heads(student), as_heads(teacher), mask, 2).item() == pytest.approx(expected, rel=1e-5)
 
