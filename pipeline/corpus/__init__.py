@@ -7,7 +7,6 @@ manifest.json) by index, or streams any other corpus (`stream.py`). Either way i
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import torch
@@ -103,6 +102,5 @@ class TrainingCorpus:
             manifest = self.prepared.manifest
             return {"corpus": "prepared", "sequences": manifest["sequences"], "tokens": manifest["tokens"],
                     "steps_per_epoch": self.prepared.batches_per_epoch // self.train.grad_accum}
-        return {"corpus": "streamed", "num_workers": self.cfg.num_workers,
-                **{f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg)
-                   if f.name in ("shuffle_buffer", "packing")}}
+        return {"corpus": "streamed", "num_workers": self.cfg.num_workers, "packing": self.cfg.packing,
+                "block_lines": self.stream.corpus.block_lines}

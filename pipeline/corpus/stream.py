@@ -2,7 +2,8 @@
 one block.
 
 The rows are cut into blocks of about `shuffle_buffer` lines that end at a document break (exactly that
-many lines when `packing` is off, and at most 4x that when a document runs on). Block b of epoch e
+many lines when `packing` is off, and at most 4x that when a document runs on; fewer lines when local
+files are too small to give every reader about four blocks). Block b of epoch e
 belongs to one of the world_size x num_workers partitions, (b + e) mod P, so every rank and DataLoader
 worker tokenises only its own blocks, and the owners rotate each epoch. Inside a block the lines are
 packed in document order, and the packed sequences (never the lines) are shuffled, seeded by
@@ -15,6 +16,7 @@ Each worker's stream is endless (epoch after epoch), so every rank steps as long
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.corpus.packing import pack
-from pipeline.corpus.sources import DatasetsSource, Row, SkipCounter, open_source
+from pipeline.corpus.sources import DatasetsSource, FileSource, Row, SkipCounter, open_source
 from pipeline.errors import ConfigError, DataError
 from pipeline.schema import CorpusConfig
 
@@ -57,7 +59,7 @@ class StreamingCorpus(torch.utils.data.IterableDataset):
         self.rank, self.world_size, self.seed, self.batch_size = rank, world_size, seed, batch_size
         self.source = open_source(cfg)
         self.workers = max(1, cfg.num_workers)
-        self.block_lines = max(1, cfg.shuffle_buffer)
+        self.block_lines = self._block_lines()
         self.shuffle = cfg.shuffle_buffer > 1
         self.resume: dict = {}
         self.rows_tokenized = 0  # this process's count, for tests of the resume cost
@@ -66,6 +68,20 @@ class StreamingCorpus(torch.utils.data.IterableDataset):
     @property
     def partitions(self) -> int:
         return self.world_size * self.workers
+
+    def _block_lines(self) -> int:
+        """`shuffle_buffer` lines, or fewer when local files hold too few lines to give every reader
+        (rank x worker) about four blocks: a small corpus still reaches every reader. The line count is
+        estimated from the files' sizes and the first MiB, so it costs no pass over the corpus."""
+        wanted = max(1, self.cfg.shuffle_buffer)
+        files = getattr(self.source, "files", None)
+        if not files or not isinstance(self.source, FileSource):
+            return wanted
+        with open(files[0], "rb") as handle:
+            sample = handle.read(1 << 20)
+        bytes_per_line = len(sample) / max(1, sample.count(b"\n"))
+        lines = sum(os.path.getsize(f) for f in files) / max(1.0, bytes_per_line)
+        return max(1, min(wanted, int(lines // (4 * self.partitions))))
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -189,10 +205,15 @@ class StreamReader:
 
     def batches_from(self, position: dict | None, index: int) -> Iterator:
         corpus = self.corpus
-        position = position or {"workers_count": corpus.workers, "rotation": 0, "workers": {}}
-        if position.get("workers_count", corpus.workers) != corpus.workers:
+        position = position or {"workers_count": corpus.workers, "block_lines": corpus.block_lines, "rotation": 0,
+                                "workers": {}}
+        if position["workers_count"] != corpus.workers:
             raise ConfigError(f"corpus.num_workers: the checkpoint was written with {position['workers_count']} "
                               f"workers, which decide the data order; resume with that many, not {corpus.workers}")
+        if position["block_lines"] != corpus.block_lines:
+            raise DataError(f"corpus {self.cfg.path}: the checkpoint read blocks of {position['block_lines']} lines, "
+                            f"this run {corpus.block_lines} (corpus.shuffle_buffer or the files changed); resume "
+                            "with the same corpus and settings")
         corpus.resume = position
         loader = torch.utils.data.DataLoader(
             corpus, batch_size=None, num_workers=self.cfg.num_workers,
@@ -206,7 +227,7 @@ class StreamReader:
         self._latest = workers
         for consumed, (batch, logical, where) in enumerate(loader, start=1):
             workers[str(logical)] = where
-            yield where["epoch"], index, batch, {"workers_count": corpus.workers,
+            yield where["epoch"], index, batch, {"workers_count": corpus.workers, "block_lines": corpus.block_lines,
                                                  "rotation": (rotation + consumed) % corpus.workers,
                                                  "workers": dict(workers)}
             index += 1
