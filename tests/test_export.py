@@ -1,5 +1,5 @@
 """`tinydistill export` on tiny random models: every head exports, ONNX matches PyTorch on padded batches of
-mixed lengths, int8 is smaller, bad inputs give one-line errors."""
+mixed lengths, int8 is smaller, bad inputs give one-line errors; evaluate's four rows."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pipeline.bilstm import BiLSTMClassifier, BiLSTMModelConfig, BiLSTMVocab, sa
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, ModelError
+from stages.evaluate import EvaluateConfig, run_evaluate
 from stages.export import ExportConfig, run_export
 
 LABELS = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
@@ -210,3 +211,41 @@ def test_an_existing_output_needs_overwrite(classifier, classifier_export, tmp_p
 def test_opset_outside_the_exporters_range_is_a_config_error(classifier, tmp_path):
     with pytest.raises(ConfigError, match=r"opset: must be in \[14, 20\], got 9"):
         from_dict(ExportConfig, {"model": str(classifier), "output_dir": str(tmp_path / "o"), "opset": 9})
+
+
+@pytest.fixture(scope="module")
+def teacher_classifier(tmp_path_factory) -> Path:
+    return save_bert(tmp_path_factory.mktemp("teacher") / "teacher", BertForSequenceClassification, seed=1,
+                     layers=4, **LABELS)
+
+
+def test_evaluate_reports_teacher_student_onnx_and_int8_rows(teacher_classifier, classifier, classifier_export,
+                                                             sentiment, tmp_path):
+    table = run_evaluate(from_dict(EvaluateConfig, {
+        "teacher": str(teacher_classifier), "student": str(classifier), "onnx_dir": str(classifier_export),
+        "task": task_section(sentiment), "output_dir": str(tmp_path / "report"),
+        "latency": {"batch_sizes": [1, 4], "min_seconds": 0.02, "rounds": 2},
+    }))
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = report["models"]
+    assert list(rows) == ["teacher", "student", "student onnx", "student onnx int8"]
+    assert [(r["runtime"], r["precision"]) for r in rows.values()] == [
+        ("pytorch", "fp32"), ("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert rows["student onnx"]["metrics"] == rows["student"]["metrics"]  # the same logits, to 1e-4
+    assert rows["student onnx int8"]["size_mb"] < rows["student onnx"]["size_mb"]
+    assert rows["student onnx"]["parameters"] == rows["student"]["parameters"]
+    for row in rows.values():
+        for kind in ("latency", "latency_end_to_end"):
+            assert set(row[kind]) == {"1", "4"} and row[kind]["4"]["repeats"] >= 2
+            assert row[kind]["1"]["spread_percent"] >= 0
+    for name in rows:
+        assert f"| {name} |" in table
+    assert "end-to-end ms/example @1" in table and "Size (MB)" in table
+    assert (tmp_path / "report" / "deployment.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluate_refuses_an_onnx_dir_that_is_not_an_export(teacher_classifier, classifier, sentiment, tmp_path):
+    with pytest.raises(ModelError, match="is not a tinydistill export"):
+        run_evaluate(from_dict(EvaluateConfig, {
+            "teacher": str(teacher_classifier), "student": str(classifier), "onnx_dir": str(classifier),
+            "task": task_section(sentiment), "output_dir": str(tmp_path / "report")}))
