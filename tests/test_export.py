@@ -1,5 +1,5 @@
 """`tinydistill export` on tiny random models: every head exports, ONNX matches PyTorch on padded batches of
-mixed lengths, int8 is smaller, bad inputs give one-line errors; evaluate's four rows."""
+mixed lengths, int8 is smaller, bad inputs give one-line errors; evaluate's four rows; the run's export stage."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pipeline.bilstm import BiLSTMClassifier, BiLSTMModelConfig, BiLSTMVocab, sa
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, ModelError
+from pipeline.run import RunConfig, run_pipeline
 from stages.evaluate import EvaluateConfig, run_evaluate
 from stages.export import ExportConfig, run_export
 
@@ -249,3 +250,19 @@ def test_evaluate_refuses_an_onnx_dir_that_is_not_an_export(teacher_classifier, 
         run_evaluate(from_dict(EvaluateConfig, {
             "teacher": str(teacher_classifier), "student": str(classifier), "onnx_dir": str(classifier),
             "task": task_section(sentiment), "output_dir": str(tmp_path / "report")}))
+
+
+def test_the_run_exports_the_student_and_ends_with_its_int8_row(teacher_classifier, classifier, sentiment, tmp_path):
+    task = task_section(sentiment)
+    summary = run_pipeline(from_dict(RunConfig, {
+        "run_dir": str(tmp_path / "run"),
+        "finetune": {"use": str(teacher_classifier)}, "task": {"use": str(classifier)},
+        "export": {"model": "${task}", "int8": True, "task": task},
+        "evaluate": {"teacher": "${finetune}", "student": "${task}", "onnx_dir": "${export}", "task": task,
+                     "latency": {"batch_sizes": [1], "min_seconds": 0.01, "rounds": 1, "end_to_end": False}},
+    }))
+    lines = summary.splitlines()
+    assert lines[-4] == f"int8 student: {tmp_path / 'run' / 'export' / 'model.int8.onnx'}"
+    assert lines[-3].startswith("| Model |") and lines[-1].startswith("| student onnx int8 | ")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["export"]["status"] == "finished"
