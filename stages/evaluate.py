@@ -223,10 +223,11 @@ def _torch_artifact(path: str, role: str, task_type: str) -> Artifact:
 def _onnx_artifacts(export_dir: str, task_type: str, threads: int) -> dict[str, Artifact]:
     """The student's rows from a `tinydistill export` folder: ONNX fp32, and int8 when it was written."""
     from pipeline.export import ONNX_FILES
+    from pipeline.export.graph import TASK_HEADS
     from pipeline.export.runtime import OnnxModel, read_export_info
 
     info = read_export_info(export_dir)
-    heads = {"token": ("token",), "classification": ("sequence", "bilstm"), "regression": ("sequence",)}[task_type]
+    heads = TASK_HEADS[task_type]
     if info["head"] not in heads:
         raise ModelError(f"onnx_dir: {export_dir} holds a {info['head']} export; a {task_type} task needs one "
                          f"of: {', '.join(heads)}")

@@ -58,7 +58,7 @@ def run_export(cfg: ExportConfig) -> str:
     require_onnxruntime()
     output = Path(cfg.output_dir)
     _check_output(output, cfg.overwrite)
-    source = load_source(cfg.model)
+    source = load_source(cfg.model, cfg.task.type if cfg.task else None)
     if cfg.task is not None:
         rows, inputs = task_rows(source, cfg.task, cfg.validation_rows)
     else:

@@ -163,6 +163,24 @@ def test_bilstm_student_exports_and_matches_its_packed_forward(tmp_path, pair):
     assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
 
 
+def test_cli_task_config_validates_on_the_tasks_dev_split(classifier, sentiment, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "task.yaml"
+    config.write_text(yaml.safe_dump({"task": task_section(sentiment), "output_dir": "ignored"}))
+    assert cli_main(["export", str(classifier), str(tmp_path / "out"), "--task-config", str(config)]) == 0
+    assert f"checked on dev split {sentiment['dev']} (8 rows)" in capsys.readouterr().out
+    assert "has a sequence head; it cannot read a token task's inputs" in _export_error(capsys, classifier, tmp_path / "out2", "--task-config",
+                                          _write(tmp_path / "bad.yaml", {"task": {"type": "token", "dev": "x"}}))
+
+
+def _write(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def test_an_fp32_graph_beyond_the_tolerance_is_refused_and_nothing_is_written(classifier, tmp_path, monkeypatch):
     real_run = stages.export.OnnxModel.run
     monkeypatch.setattr(stages.export.OnnxModel, "run", lambda self, batch: real_run(self, batch) + 0.01)
@@ -243,6 +261,20 @@ def test_evaluate_reports_teacher_student_onnx_and_int8_rows(teacher_classifier,
         assert f"| {name} |" in table
     assert "end-to-end ms/example @1" in table and "Size (MB)" in table
     assert (tmp_path / "report" / "deployment.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluate_reads_an_exported_bilstm_student(teacher_classifier, sentiment, tmp_path):
+    vocab = BiLSTMVocab.build(CHINESE_SENTENCES, "char")
+    torch.manual_seed(0)
+    save_bilstm(BiLSTMClassifier(BiLSTMModelConfig(vocab_size=len(vocab), num_labels=2, embedding_dim=16,
+                                                   hidden_size=16, mlp_hidden=16, **LABELS)), vocab, tmp_path / "lstm")
+    run_export(from_dict(ExportConfig, {"model": str(tmp_path / "lstm"), "output_dir": str(tmp_path / "onnx")}))
+    run_evaluate(from_dict(EvaluateConfig, {
+        "teacher": str(teacher_classifier), "student": str(tmp_path / "lstm"), "onnx_dir": str(tmp_path / "onnx"),
+        "task": task_section(sentiment), "output_dir": str(tmp_path / "report"), "latency": {"enabled": False}}))
+    rows = json.loads((tmp_path / "report" / "report.json").read_text())["models"]
+    assert list(rows) == ["teacher", "student", "student onnx"]  # exported without --int8: no int8 row
+    assert rows["student onnx"]["metrics"] == rows["student"]["metrics"]
 
 
 def test_evaluate_refuses_an_onnx_dir_that_is_not_an_export(teacher_classifier, classifier, sentiment, tmp_path):

@@ -34,6 +34,7 @@ SUPPORTED_MODEL_TYPES = ("bert",)  # exported and checked against PyTorch by tes
 HEADS = {"ForSequenceClassification": "sequence", "ForTokenClassification": "token"}
 ENCODER_SUFFIXES = ("Model", "ForMaskedLM", "ForPreTraining")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TASK_HEADS = {"classification": ("sequence", "bilstm"), "regression": ("sequence",), "token": ("token",)}
 EXPORTER = "torchscript"
 
 
@@ -69,10 +70,12 @@ class _OneTensor(nn.Module):
         return getattr(self.model(**dict(zip(self.input_names, inputs))), self.output_name)
 
 
-def load_source(model_dir: str) -> ExportSource:
-    """The model in `model_dir`, or a one-line `ModelError` saying why it cannot be exported."""
+def load_source(model_dir: str, task_type: str | None = None) -> ExportSource:
+    """The model in `model_dir`, or a one-line `ModelError` saying why it cannot be exported (or, with
+    `task_type`, why it cannot read that task's inputs), raised before any weights are read."""
     path = Path(model_dir)
     if is_bilstm_dir(path):
+        _check_task(model_dir, "bilstm", task_type)
         return _bilstm_source(path)
     if not (path / "config.json").is_file():
         raise ModelError(f"{model_dir} is not a model folder (no config.json or {BILSTM_CONFIG})")
@@ -86,6 +89,7 @@ def load_source(model_dir: str) -> ExportSource:
             f"{model_dir}: unsupported architecture {architecture} (model_type {config.model_type}); export "
             f"takes {', '.join(SUPPORTED_MODEL_TYPES)} models with a sequence or token classification head, "
             "plain encoders and BiLSTM students")
+    _check_task(model_dir, head, task_type)
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     model_class = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
@@ -103,6 +107,11 @@ def load_source(model_dir: str) -> ExportSource:
     return ExportSource(_OneTensor(model, input_names, output_name), head, architecture, input_names, output_name,
                         tokenizer, count_parameters(model), min(config.max_position_embeddings, 512), False,
                         save_files)
+
+
+def _check_task(model_dir: str, head: str, task_type: str | None) -> None:
+    if task_type is not None and head != "encoder" and head not in TASK_HEADS[task_type]:
+        raise ModelError(f"{model_dir} has a {head} head; it cannot read a {task_type} task's inputs")
 
 
 def _bilstm_source(path: Path) -> ExportSource:
