@@ -1,10 +1,10 @@
 """The `tinydistill` command line: parse, validate the config, call one stage function.
 
     tinydistill general configs/general_tinybert4_zh.yaml train.lr=1e-4 --resume
+    tinydistill export runs/quickstart/task runs/student_onnx --int8 --task-config configs/task_tnews_zh.yaml
     tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4
     tinydistill prepare-zh-data data/zh --max-train 2000
     tinydistill build-vocab runs/vocab_zh data/zh_corpus/*.txt --min-count 2
-    tinydistill export runs/quickstart/task runs/student_onnx --int8 --task-config configs/task_tnews_zh.yaml
 
 Stage commands take a YAML config plus dotted overrides. Problems a user can fix (`TinyDistillError`)
 are printed as one line on stderr with exit code 2; nothing else is caught.
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     zh_data.add_argument("--corpus-lines", type=int, default=None, metavar="N", help="cap the text corpus")
     zh_data.add_argument("--skip-ner", action="store_true", help="do not write the NER set")
 
+    merge = commands.add_parser("merge-shards", help="join augmentation shards into one transfer set")
+    merge.add_argument("shards", type=Path, nargs="+")
+    merge.add_argument("output", type=Path)
+
     export = commands.add_parser(
         "export", help="ONNX export of a student or teacher (int8, fp16), each file checked against PyTorch",
         description="ONNX export of a student or teacher (int8, fp16), each file checked against PyTorch",
@@ -134,10 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validate on this task's dev split: a YAML whose task: section (or whole) is the task")
     export.add_argument("--tolerance", type=float, default=None, help="largest fp32 logit difference allowed")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
-
-    merge = commands.add_parser("merge-shards", help="join augmentation shards into one transfer set")
-    merge.add_argument("shards", type=Path, nargs="+")
-    merge.add_argument("output", type=Path)
     return parser
 
 
@@ -171,14 +171,14 @@ def _dispatch(args: argparse.Namespace):
             args.corpus, args.output, dim=args.dim, epochs=args.epochs,
             min_count=args.min_count, workers=args.workers,
         )
-    if args.command == "export":
-        return _export(args)
     if args.command == "prepare-zh-data":
         return _prepare_zh_data(args)
     if args.command == "merge-shards":
         from augment.shards import merge_shards
 
         return merge_shards(args.shards, args.output)
+    if args.command == "export":
+        return _export(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
