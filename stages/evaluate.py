@@ -117,7 +117,8 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     artifacts = {"teacher": _torch_artifact(cfg.teacher, "teacher", task.type),
                  "student": _torch_artifact(cfg.student, "student", task.type)}
     if cfg.onnx_dir:
-        artifacts.update(_onnx_artifacts(cfg.onnx_dir, task.type, cfg.latency.threads or torch.get_num_threads()))
+        artifacts.update(_onnx_artifacts(cfg.onnx_dir, cfg.student, task.type,
+                                         cfg.latency.threads or torch.get_num_threads()))
     check_seq_len(task, *(artifact.config for artifact in artifacts.values()))
     label_names = label_names_from(task, load_task_split(task, "train")) if task.train else task.labels
     orders = {role: check_label_map(artifact.config, label_names, role) for role, artifact in artifacts.items()}
@@ -220,13 +221,16 @@ def _torch_artifact(path: str, role: str, task_type: str) -> Artifact:
                     _weights_mb(Path(path)))
 
 
-def _onnx_artifacts(export_dir: str, task_type: str, threads: int) -> dict[str, Artifact]:
+def _onnx_artifacts(export_dir: str, student: str, task_type: str, threads: int) -> dict[str, Artifact]:
     """The student's rows from a `tinydistill export` folder: ONNX fp32, and int8 when it was written."""
     from pipeline.export import ONNX_FILES
     from pipeline.export.graph import TASK_HEADS
     from pipeline.export.runtime import OnnxModel, read_export_info
 
     info = read_export_info(export_dir)
+    source = Path(info["source"])
+    if source.exists() and source.resolve() != Path(student).resolve():  # a moved source cannot be checked
+        raise ModelError(f"onnx_dir: {export_dir} was exported from {source}, not from the student {student}")
     heads = TASK_HEADS[task_type]
     if info["head"] not in heads:
         raise ModelError(f"onnx_dir: {export_dir} holds a {info['head']} export; a {task_type} task needs one "

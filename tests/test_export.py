@@ -277,11 +277,17 @@ def test_evaluate_reads_an_exported_bilstm_student(teacher_classifier, sentiment
     assert rows["student onnx"]["metrics"] == rows["student"]["metrics"]
 
 
-def test_evaluate_refuses_an_onnx_dir_that_is_not_an_export(teacher_classifier, classifier, sentiment, tmp_path):
-    with pytest.raises(ModelError, match="is not a tinydistill export"):
+def test_evaluate_refuses_an_onnx_dir_that_is_not_an_export_of_the_student(teacher_classifier, classifier,
+                                                                          classifier_export, sentiment, tmp_path):
+    def evaluate(student: Path, onnx_dir: Path):
         run_evaluate(from_dict(EvaluateConfig, {
-            "teacher": str(teacher_classifier), "student": str(classifier), "onnx_dir": str(classifier),
+            "teacher": str(teacher_classifier), "student": str(student), "onnx_dir": str(onnx_dir),
             "task": task_section(sentiment), "output_dir": str(tmp_path / "report")}))
+
+    with pytest.raises(ModelError, match="is not a tinydistill export"):
+        evaluate(classifier, classifier)
+    with pytest.raises(ModelError, match=f"was exported from {classifier}, not from the student {teacher_classifier}"):
+        evaluate(teacher_classifier, classifier_export)
 
 
 def test_the_run_exports_the_student_and_ends_with_its_int8_row(teacher_classifier, classifier, sentiment, tmp_path):

@@ -20,7 +20,8 @@ from pipeline.tasks import TaskConfig, collate, load_task_split, tokenize_task
 
 
 def task_rows(source: ExportSource, task: TaskConfig, max_rows: int) -> tuple[list[dict], str]:
-    """(The source must fit the task: `load_source(..., task.type)`.) The first `max_rows` rows of the task's dev split (else test), tokenized; and where they came from."""
+    """The first `max_rows` rows of the task's dev split (else test), tokenized; and where they came from.
+    `load_source(model_dir, task.type)` has checked that the model's head reads this task."""
     split = "dev" if task.dev else "test"
     if not getattr(task, split):
         raise ModelError("task: set task.dev (or task.test) to validate the export on real inputs")
