@@ -75,7 +75,8 @@ def run_export(cfg: ExportConfig) -> str:
         source.save_files(building)
         write_json(building / EXPORT_INFO, {
             "source": str(Path(cfg.model).resolve()), "head": source.head, "architecture": source.architecture,
-            "inputs": source.input_names, "output": source.output_name, "parameters": source.parameters,
+            "inputs": source.input_names, "output": source.output_name, "labels": source.labels,
+            "parameters": source.parameters,
             "exporter": EXPORTER, "opset": cfg.opset, "validation": {"inputs": inputs, "tolerance": cfg.tolerance},
             "files": files,
         })

@@ -106,6 +106,7 @@ def mixed_batch_row(tokenizer_dir: Path, text: str) -> dict:
 def test_classifier_export_writes_int8_tokenizer_label_map_and_validation_figures(classifier_export):
     info = json.loads((classifier_export / "export.json").read_text())
     assert info["head"] == "sequence" and info["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert info["labels"] == ["neg", "pos"]
     assert info["validation"]["inputs"].startswith("dev split") and "(8 rows)" in info["validation"]["inputs"]
     fp32, int8 = info["files"]["model.onnx"], info["files"]["model.int8.onnx"]
     assert fp32["max_abs_diff"] < 1e-4 and fp32["argmax_agreement"] == 1.0 and fp32["rows"] == 8
@@ -129,7 +130,7 @@ def test_token_classifier_exports_per_token_logits_through_the_cli(tmp_path, cap
     assert got.shape == expected.shape == (len(MIXED), batch["input_ids"].shape[1], 3)
     np.testing.assert_allclose(got[real], expected[real], atol=1e-4)
     info = json.loads((out / "export.json").read_text())
-    assert info["head"] == "token" and info["opset"] == 18 and info["validation"]["inputs"].startswith("generated")
+    assert info["head"] == "token" and info["opset"] == 18 and info["labels"] == ["B-LOC", "I-LOC", "O"] and info["validation"]["inputs"].startswith("generated")
     assert set(info["files"]) == {"model.onnx", "model.int8.onnx", "model.fp16.onnx"}
 
 

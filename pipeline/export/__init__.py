@@ -5,7 +5,7 @@ An export folder (what `tinydistill export` writes, all at once: it is built und
     model.onnx          fp32 graph; inputs (batch, sequence) int64, output `logits` (or `last_hidden_state`)
     model.int8.onnx     dynamic int8 quantisation of model.onnx (with --int8)
     model.fp16.onnx     fp16 weights and activations, fp32 inputs and outputs (with --fp16)
-    export.json         the source, head, inputs, exporter, parameter count and validation figures per file
+    export.json         the source, head, inputs, labels, exporter, parameter count, validation figures per file
     tokenizer files     the source's tokenizer (a BiLSTM: vocab.txt and bilstm_config.json)
     config.json         the source's model config, with its label map (Hugging Face models)
 

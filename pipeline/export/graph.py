@@ -52,6 +52,7 @@ class ExportSource:
     max_length: int  # the longest input the model reads
     pair: bool  # a BiLSTM reading sentence pairs
     save_files: Callable[[Path], None]  # writes the tokenizer and the config (label map) into a folder
+    labels: list[str] | None  # the output classes in id order (None: a plain encoder)
 
     @property
     def has_logits(self) -> bool:
@@ -104,9 +105,10 @@ def load_source(model_dir: str, task_type: str | None = None) -> ExportSource:
         tokenizer.save_pretrained(directory)
         model.config.save_pretrained(directory)
 
+    labels = None if head == "encoder" else [model.config.id2label[i] for i in range(model.config.num_labels)]
     return ExportSource(_OneTensor(model, input_names, output_name), head, architecture, input_names, output_name,
                         tokenizer, count_parameters(model), min(config.max_position_embeddings, 512), False,
-                        save_files)
+                        save_files, labels)
 
 
 def _check_task(model_dir: str, head: str, task_type: str | None) -> None:
@@ -121,8 +123,9 @@ def _bilstm_source(path: Path) -> ExportSource:
         vocab.save(directory)
         shutil.copyfile(path / BILSTM_CONFIG, directory / BILSTM_CONFIG)
 
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return ExportSource(BiLSTMGraph(model), "bilstm", "BiLSTMClassifier", list(MODEL_INPUTS), "logits", vocab,
-                        count_parameters(model), model.config.max_len, model.config.pair, save_files)
+                        count_parameters(model), model.config.max_len, model.config.pair, save_files, labels)
 
 
 def export_onnx(source: ExportSource, example: dict[str, torch.Tensor], path: Path, opset: int) -> None:
