@@ -23,7 +23,14 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.export import EXPORT_INFO, ONNX_FILES, require_onnxruntime
 from pipeline.export.graph import EXPORTER, convert_fp16, export_onnx, load_source, quantize_int8
 from pipeline.export.runtime import OnnxModel
-from pipeline.export.validate import compare, generated_rows, padded_batches, reference_outputs, task_rows
+from pipeline.export.validate import (
+    compare,
+    generated_rows,
+    padded_batches,
+    reference_outputs,
+    task_rows,
+    tracing_batch,
+)
 from pipeline.tasks import TaskConfig
 
 MIN_OPSET, MAX_OPSET = 14, 20  # sdpa needs 14; 20 is the TorchScript exporter's newest
@@ -71,7 +78,7 @@ def run_export(cfg: ExportConfig) -> str:
         shutil.rmtree(building)
     building.mkdir(parents=True)
     try:
-        files = _write_graphs(cfg, source, batches, references, building)
+        files = _write_graphs(cfg, source, rows, batches, references, building)
         source.save_files(building)
         write_json(building / EXPORT_INFO, {
             "source": str(Path(cfg.model).resolve()), "head": source.head, "architecture": source.architecture,
@@ -106,10 +113,10 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise ConfigError(f"output {output} exists and is not a tinydistill export; refusing to replace it")
 
 
-def _write_graphs(cfg: ExportConfig, source, batches, references, directory: Path) -> dict[str, dict]:
+def _write_graphs(cfg: ExportConfig, source, rows, batches, references, directory: Path) -> dict[str, dict]:
     """The ONNX files and their figures: {file name: {"size_mb", "max_abs_diff", "argmax_agreement", ...}}."""
     fp32 = directory / ONNX_FILES["fp32"]
-    export_onnx(source, batches[0], fp32, cfg.opset)
+    export_onnx(source, tracing_batch(rows, source.tokenizer.pad_token_id), fp32, cfg.opset)
     files = {fp32.name: _measure(source, references, fp32, batches)}
     if files[fp32.name]["max_abs_diff"] > cfg.tolerance:
         raise ModelError(f"the ONNX graph differs from PyTorch by {files[fp32.name]['max_abs_diff']:.3g} "

@@ -61,6 +61,15 @@ def padded_batches(rows: list[dict], batch_size: int, pad_id: int) -> list[dict[
             for start in range(0, len(rows), batch_size)]
 
 
+def tracing_batch(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Two versions of the first row, of different lengths, padded: the exporter traces a batch of more
+    than one row with a real padding mask, whatever the validation rows are."""
+    first = rows[0]
+    cut = len(first["input_ids"]) // 2
+    other = {key: (first[key][:cut] if cut else first[key] * 2) for key in ("input_ids", "token_type_ids")}
+    return padded_batches([first, {**first, **other}], 2, pad_id)[0]
+
+
 @torch.inference_mode()
 def reference_outputs(source: ExportSource, batches: list[dict]) -> list[torch.Tensor]:
     return [source.module(*(batch[name] for name in source.input_names)).float() for batch in batches]
