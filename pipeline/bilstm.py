@@ -193,11 +193,59 @@ class BiLSTMClassifier(nn.Module):
         return states.masked_fill(~real[..., None], torch.finfo(states.dtype).min).amax(dim=1)
 
 
-def _segment(input_ids: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ids where `member` is true, moved to the left of each row (a contiguous span), and its lengths."""
+class BiLSTMGraph(nn.Module):
+    """The classifier's function with shapes fixed by the input, for ONNX export: (input_ids, attention_mask,
+    token_type_ids) -> logits, in eval mode.
+
+    `BiLSTMClassifier.encode` packs each batch and reads its width from the data (`int(lengths.max())`); a
+    traced graph would freeze both. Here both directions run over the whole padded width. The forward
+    direction's states at real positions do not depend on the padding after them; the backward direction
+    reads each row reversed within its length, so its states at real positions are those of the packed
+    run, in reverse order, which max-pooling ignores.
+    """
+
+    def __init__(self, model: BiLSTMClassifier):
+        super().__init__()
+        self.model = model.eval()
+        size = (model.config.embedding_dim, model.config.hidden_size)
+        self.forward_lstm, self.backward_lstm = (nn.LSTM(*size, batch_first=True) for _ in range(2))
+        for direction, suffix in ((self.forward_lstm, ""), (self.backward_lstm, "_reverse")):
+            direction.load_state_dict({name: getattr(model.lstm, f"{name}{suffix}")
+                                       for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")})
+        self.eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.bool()
+        first = mask & (token_type_ids == 0)
+        if not self.model.config.pair:
+            return self.model.classifier(self.encode(input_ids, first.sum(dim=1)))
+        # Both sentences in one LSTM call: the TorchScript exporter mis-shapes the weights of an LSTM used twice.
+        width = input_ids.shape[1]
+        (ids1, lengths1), (ids2, lengths2) = (_segment(input_ids, first, width),
+                                              _segment(input_ids, mask & (token_type_ids == 1), width))
+        h1, h2 = self.encode(torch.cat([ids1, ids2]), torch.cat([lengths1, lengths2])).chunk(2)
+        return self.model.classifier(torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1))
+
+    def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-aligned ids and their lengths -> (B, 2H), as `BiLSTMClassifier.encode` computes it."""
+        lengths = lengths.clamp(min=1)[:, None]
+        steps = torch.arange(ids.shape[1], device=ids.device)[None, :]
+        embedded = self.model.embedding(ids)
+        reversed_order = (lengths - 1 - steps).clamp(min=0)  # past the length: any position, masked below
+        backward_input = embedded.gather(1, reversed_order[..., None].expand_as(embedded))
+        states = torch.cat([self.forward_lstm(embedded)[0], self.backward_lstm(backward_input)[0]], dim=-1)
+        real = steps < lengths
+        return states.masked_fill(~real[..., None], torch.finfo(states.dtype).min).amax(dim=1)
+
+
+def _segment(input_ids: torch.Tensor, member: torch.Tensor,
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids where `member` is true, moved to the left of each row (a contiguous span), and its lengths.
+    `width` columns are kept (default: the longest span's)."""
     lengths = member.sum(dim=1)
     start = member.int().argmax(dim=1)  # the first member position (0 when the row has none)
-    width = max(int(lengths.max()), 1)
+    width = max(int(lengths.max()), 1) if width is None else width
     offsets = torch.arange(width, device=input_ids.device)[None, :]
     positions = (start[:, None] + offsets).clamp(max=input_ids.shape[1] - 1)
     ids = input_ids.gather(1, positions).masked_fill(offsets >= lengths[:, None], 0)
@@ -237,12 +285,10 @@ def is_bilstm_dir(path: str | Path) -> bool:
     return (Path(path) / BILSTM_CONFIG).is_file()
 
 
-def load_bilstm(directory: str | Path) -> tuple[BiLSTMClassifier, BiLSTMVocab]:
-    """The model (eval mode, float32) and its vocabulary from a directory written by `save_bilstm`."""
-    from safetensors.torch import load_file
-
+def load_bilstm_config(directory: str | Path) -> tuple[BiLSTMModelConfig, BiLSTMVocab]:
+    """The config and vocabulary of a saved BiLSTM (no weights: an ONNX export folder holds these two too)."""
     directory = Path(directory)
-    for name in (BILSTM_CONFIG, BILSTM_WEIGHTS, BILSTM_VOCAB):
+    for name in (BILSTM_CONFIG, BILSTM_VOCAB):
         if not (directory / name).is_file():
             raise ModelError(f"BiLSTM directory {directory} has no {name}")
     data = json.loads((directory / BILSTM_CONFIG).read_text(encoding="utf-8"))
@@ -256,6 +302,17 @@ def load_bilstm(directory: str | Path) -> tuple[BiLSTMClassifier, BiLSTMVocab]:
     if len(vocab) != config.vocab_size:
         raise ModelError(f"{directory}: vocab.txt has {len(vocab)} tokens, bilstm_config.json says "
                          f"{config.vocab_size}")
+    return config, vocab
+
+
+def load_bilstm(directory: str | Path) -> tuple[BiLSTMClassifier, BiLSTMVocab]:
+    """The model (eval mode, float32) and its vocabulary from a directory written by `save_bilstm`."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / BILSTM_WEIGHTS).is_file():
+        raise ModelError(f"BiLSTM directory {directory} has no {BILSTM_WEIGHTS}")
+    config, vocab = load_bilstm_config(directory)
     model = BiLSTMClassifier(config)
     model.load_state_dict(load_file(str(directory / BILSTM_WEIGHTS)))
     return model.eval(), vocab

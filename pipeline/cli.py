@@ -1,6 +1,7 @@
 """The `tinydistill` command line: parse, validate the config, call one stage function.
 
     tinydistill general configs/general_tinybert4_zh.yaml train.lr=1e-4 --resume
+    tinydistill export runs/quickstart/task runs/student_onnx --int8 --task-config configs/task_tnews_zh.yaml
     tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4
     tinydistill prepare-zh-data data/zh --max-train 2000
     tinydistill build-vocab runs/vocab_zh data/zh_corpus/*.txt --min-count 2
@@ -18,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import TinyDistillError
+from pipeline.errors import ConfigError, TinyDistillError
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge-shards", help="join augmentation shards into one transfer set")
     merge.add_argument("shards", type=Path, nargs="+")
     merge.add_argument("output", type=Path)
+
+    export = commands.add_parser(
+        "export", help="ONNX export of a student or teacher (int8, fp16), each file checked against PyTorch",
+        description="ONNX export of a student or teacher (int8, fp16), each file checked against PyTorch",
+    )
+    export.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a task, finetune, general or bilstm output")
+    export.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
+    export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8)")
+    export.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx")
+    export.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 17)")
+    export.add_argument("--task-config", type=Path, default=None, metavar="YAML",
+                        help="validate on this task's dev split: a YAML whose task: section (or whole) is the task")
+    export.add_argument("--tolerance", type=float, default=None, help="largest fp32 logit difference allowed")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
     return parser
 
 
@@ -196,6 +211,8 @@ def _dispatch(args: argparse.Namespace):
         from augment.shards import merge_shards
 
         return merge_shards(args.shards, args.output)
+    if args.command == "export":
+        return _export(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -226,6 +243,34 @@ def _prepare_zh_data(args: argparse.Namespace) -> str:
     written = ["reviews/", *(["ner/"] if "ner" in summary else []), "corpus/peoples_daily.txt", lexicon.name]
     lines.append(f"written to {args.output_dir}: {', '.join(written)}")
     return "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> str:
+    from pipeline.config import from_dict
+    from stages.export import ExportConfig, run_export
+
+    data = {"model": str(args.model_dir), "output_dir": str(args.output_dir), "int8": args.int8,
+            "fp16": args.fp16, "overwrite": args.overwrite}
+    optional = {"opset": args.opset, "tolerance": args.tolerance,
+                "task": _task_section(args.task_config) if args.task_config else None}
+    data.update({key: value for key, value in optional.items() if value is not None})
+    return run_export(from_dict(ExportConfig, data))
+
+
+def _task_section(path: Path) -> dict:
+    """The `task:` section of a YAML file, or the whole file when it has none."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"--task-config: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--task-config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    section = data.get("task", data) if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"--task-config: {path} holds no task mapping")
+    return section
 
 
 def _run_stage(spec: StageCommand, args: argparse.Namespace):

@@ -12,6 +12,8 @@ The report dict (what `write_report` takes; `complete_report` fills in the deriv
           "parameters": 102267648,                                  # count_parameters(model)
           "latency": {1: {"ms_per_batch": 12.0, "ms_per_example": 12.0, "repeats": 84},
                       32: {...}},                                   # measure_latency(...); may be {}
+          # optional: "size_mb" (weights on disk), "runtime", "precision", and "latency_end_to_end"
+          # (timed from text); a latency entry may hold "spread_percent" (interquartile range / median)
         },
         "student": {...same keys...},
       },
@@ -44,6 +46,7 @@ from pipeline.config import atomic_write_text
 from pipeline.errors import DataError
 
 LatencyTable = dict[int, dict[str, float]]
+NOISY_SPREAD_PERCENT = 25.0  # a latency spread above this is called out in report.md
 
 
 def latency_batches(tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, max_seq_len: int,
@@ -154,7 +157,9 @@ def complete_report(report: Mapping) -> dict:
             raise ValueError(f"report: main_metric {main!r} is not in models.{name}.metrics")
         if model["parameters"] <= 0:
             raise ValueError(f"report: models.{name}.parameters must be > 0, got {model['parameters']}")
-    models = {name: {**model, "latency": _by_batch_size(model.get("latency", {}))}
+    models = {name: {**model, "latency": _by_batch_size(model.get("latency", {})),
+                     **({"latency_end_to_end": _by_batch_size(model["latency_end_to_end"])}
+                        if "latency_end_to_end" in model else {})}
               for name, model in models.items()}
     teacher, student = models["teacher"], models["student"]
     return {**report, "models": models,
@@ -167,7 +172,8 @@ def format_report_table(report: Mapping) -> str:
     """The Markdown table: one row per model (teacher first), each relative column against the teacher.
 
     Columns: model, the main metric then the other metrics, retention %, parameters (M), compression
-    (teacher params / model params), ms/example at each timed batch size, speed-up at each size.
+    (teacher params / model params), size on disk (MB, when any row has it), ms/example at each timed
+    batch size (model only), speed-up at each size, and end-to-end ms/example (when timed).
     """
     report = complete_report(report)
     main, models = report["main_metric"], report["models"]
@@ -175,19 +181,25 @@ def format_report_table(report: Mapping) -> str:
     metric_names = [main] + [key for model in models.values() for key in model["metrics"] if key != main]
     metric_names = list(dict.fromkeys(metric_names))
     sizes = sorted({size for model in models.values() for size in model["latency"]})
-    header = (["Model", *metric_names, "Retention %", "Params (M)", "Compression"]
-              + [f"ms/example @{size}" for size in sizes] + [f"Speed-up @{size}" for size in sizes])
+    e2e_sizes = sorted({size for model in models.values() for size in model.get("latency_end_to_end", {})})
+    with_size = any("size_mb" in model for model in models.values())
+    header = (["Model", *metric_names, "Retention %", "Params (M)", "Compression"] + ["Size (MB)"] * with_size
+              + [f"ms/example @{size}" for size in sizes] + [f"Speed-up @{size}" for size in sizes]
+              + [f"end-to-end ms/example @{size}" for size in e2e_sizes])
     rows = []
     for name in ["teacher", *[n for n in models if n != "teacher"]]:
         model = models[name]
         retention = _retention(model["metrics"][main], teacher["metrics"][main])
         speed = speedup(teacher["latency"], model["latency"])
+        end_to_end = model.get("latency_end_to_end", {})
         rows.append(
             [name, *[_number(model["metrics"].get(key), ".4f") for key in metric_names],
              _number(retention, ".1f"), _number(model["parameters"] / 1e6, ".2f"),
              _number(teacher["parameters"] / model["parameters"], ".2f", "x")]
+            + [_number(model.get("size_mb"), ".2f")] * with_size
             + [_number(model["latency"].get(size, {}).get("ms_per_example"), ".3f") for size in sizes]
             + [_number(speed.get(size), ".2f", "x") for size in sizes]
+            + [_number(end_to_end.get(size, {}).get("ms_per_example"), ".3f") for size in e2e_sizes]
         )
     align = ["---"] + ["---:"] * (len(header) - 1)
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows]) + "\n"
@@ -210,12 +222,63 @@ def _markdown(report: dict) -> str:
              format_report_table(report),
              ("Retention = model / teacher main metric x 100. Compression = teacher parameters / model "
               "parameters. Speed-up = teacher / model ms per example at the same batch size (median of "
-              "timed forward passes).")]
+              "timed forward passes, the batch already tokenized). Size = the weights on disk. End-to-end "
+              "= from raw text: tokenisation and forward pass.")]
     if report.get("latency_setup"):
         setup = ", ".join(f"{key}={value}" for key, value in report["latency_setup"].items())
         lines += ["", f"Latency setup: {setup}."]
+    noisy = noisy_latencies(report)
+    if noisy:
+        lines += ["", f"Latency spread (interquartile range / median) above {NOISY_SPREAD_PERCENT:.0f}%: "
+                  + ", ".join(noisy) + ". The machine was busy while timing; rerun on a quiet machine before "
+                  "quoting these figures."]
     lines += ["", "Models:"] + [f"- {name}: `{model.get('path', '?')}`" for name, model in report["models"].items()]
     return "\n".join(lines) + "\n"
+
+
+def noisy_latencies(report: Mapping) -> list[str]:
+    """"model @batch (kind): spread%" for every timing whose spread is above NOISY_SPREAD_PERCENT."""
+    found = []
+    for name, model in report["models"].items():
+        for kind, label in (("latency", "model only"), ("latency_end_to_end", "end to end")):
+            for size, row in _by_batch_size(model.get(kind, {})).items():
+                if row.get("spread_percent", 0.0) > NOISY_SPREAD_PERCENT:
+                    found.append(f"{name} @{size} ({label}): {row['spread_percent']:.0f}%")
+    return found
+
+
+def plot_deployment(report: Mapping, output_png: str | Path) -> Path | None:
+    """Score against model-only latency at the smallest timed batch size, one point per row, its area by
+    size on disk. None when no row was timed or matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    report = complete_report(report)
+    sizes = sorted({size for model in report["models"].values() for size in model["latency"]})
+    if not sizes:
+        return None
+    size, main = sizes[0], report["main_metric"]
+    figure = Figure(figsize=(6.5, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    for name, model in report["models"].items():
+        if size not in model["latency"]:
+            continue
+        x, y, mb = model["latency"][size]["ms_per_example"], model["metrics"][main], model.get("size_mb") or 0.0
+        ax.scatter([x], [y], s=40 + 400 * math.sqrt(mb / max(1.0, _largest_size(report))), alpha=0.6)
+        ax.annotate(f"{name} ({mb:.1f} MB)", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ms per example at batch {size} (model only, log scale)")
+    ax.set_ylabel(main)
+    ax.set_title("score vs latency; marker area: size on disk")
+    ax.grid(alpha=0.3)
+    return _save_png_atomically(figure, Path(output_png))
+
+
+def _largest_size(report: Mapping) -> float:
+    return max((model.get("size_mb") or 0.0) for model in report["models"].values())
 
 
 def read_logged_steps(path: str | Path) -> list[dict]:

@@ -1,6 +1,6 @@
 """`tinydistill run CONFIG`: every stage in order from one YAML, into one run directory.
 
-    data -> vocab -> vectors -> pretrain -> general -> augment -> finetune -> task -> bilstm -> evaluate
+    data -> vocab -> vectors -> pretrain -> general -> augment -> finetune -> task -> bilstm -> export -> evaluate
 
 Each section of the run config is that stage's own config, minus `output_dir` (the run sets it to
 `run_dir/<stage>`). A section may instead say `use: PATH` (an existing artifact stands in for the
@@ -90,8 +90,10 @@ STAGES: dict[str, Stage] = {
     "finetune": Stage("stages.finetune", "FinetuneConfig", "run_finetune", "train.resume_from"),
     "task": Stage("stages.task", "TaskDistillConfig", "run_task", "resume_from"),
     "bilstm": Stage("stages.bilstm", "BiLSTMConfig", "run_bilstm", "resume_from"),
+    "export": Stage("stages.export", "ExportConfig", "run_export"),
     "evaluate": Stage("stages.evaluate", "EvaluateConfig", "run_evaluate"),
 }
+INT8_ROW = "student onnx int8"  # the evaluate row of an exported int8 student
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class RunConfig:
     finetune: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
     bilstm: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
     evaluate: dict[str, Any] | None = None
     force: list[str] = field(default_factory=list)  # stages to rerun even when unchanged
     overwrite: bool = False  # rerun every stage (--overwrite)
@@ -169,7 +172,22 @@ def run_pipeline(cfg: RunConfig) -> str:
     if "task" in plan:
         lines.append(f"student: {plan['task'].output}")
     lines.append(f"manifest: {run_dir / MANIFEST}")
+    if "export" in plan and "evaluate" in plan:
+        lines += _int8_row(plan["export"].output, plan["evaluate"].output)
     return "\n".join(lines)
+
+
+def _int8_row(export_dir: Path, evaluate_dir: Path) -> list[str]:
+    """The closing lines: the int8 student's file and its report row (with the table's header)."""
+    from pipeline.export import ONNX_FILES
+    from pipeline.report import format_report_table
+
+    report_path = evaluate_dir / "report.json"
+    if not (export_dir / ONNX_FILES["int8"]).is_file() or not report_path.is_file():
+        return []
+    table = format_report_table(read_json(report_path)).splitlines()
+    row = [line for line in table if line.startswith(f"| {INT8_ROW} |")]
+    return ["", f"int8 student: {export_dir / ONNX_FILES['int8']}", *table[:2], *row] if row else []
 
 
 def _plan(cfg: RunConfig, run_dir: Path) -> dict[str, PlannedStage]:

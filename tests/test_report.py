@@ -187,3 +187,51 @@ def test_plot_training_curves_returns_none_without_matplotlib(tmp_path, monkeypa
 def test_plot_training_curves_names_a_missing_log(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         plot_training_curves({"general": tmp_path / "absent.jsonl"}, tmp_path / "curves.png")
+
+
+def _deployment_report() -> dict:
+    report = _hand_report()
+    rows = report["models"]
+    rows["teacher"]["size_mb"], rows["student"]["size_mb"] = 408.0, 51.0
+    rows["student onnx int8"] = {**rows["student"], "size_mb": 13.0, "runtime": "onnxruntime", "precision": "int8",
+                                 "latency": {1: {"ms_per_example": 1.0, "spread_percent": 40.0}}}
+    for row in rows.values():
+        row["latency_end_to_end"] = {1: {"ms_per_example": row["latency"][1]["ms_per_example"] + 0.5}}
+    return report
+
+
+def test_report_table_adds_size_and_end_to_end_columns_when_the_rows_have_them():
+    lines = format_report_table(_deployment_report()).splitlines()
+    assert lines[0] == ("| Model | accuracy | macro_f1 | Retention % | Params (M) | Compression | Size (MB) | "
+                        "ms/example @1 | ms/example @32 | Speed-up @1 | Speed-up @32 | end-to-end ms/example @1 |")
+    assert lines[4] == ("| student onnx int8 | 0.9310 | 0.8800 | 98.0 | 12.75 | 8.00x | 13.00 | 1.000 | – | "
+                        "12.00x | – | 1.500 |")
+
+
+def test_report_md_says_when_a_latency_spread_is_large(tmp_path):
+    _, markdown_path = write_report(_deployment_report(), tmp_path)
+    text = markdown_path.read_text(encoding="utf-8")
+    assert "above 25%: student onnx int8 @1 (model only): 40%. The machine was busy" in text
+    _, quiet = write_report(_hand_report(), tmp_path / "quiet")
+    assert "The machine was busy" not in quiet.read_text(encoding="utf-8")
+
+
+def test_plot_deployment_draws_score_against_latency_and_skips_untimed_reports(tmp_path):
+    from pipeline.report import plot_deployment
+
+    assert plot_deployment(_deployment_report(), tmp_path / "deployment.png").read_bytes().startswith(PNG_MAGIC)
+    untimed = _hand_report()
+    for model in untimed["models"].values():
+        model.pop("latency")
+    assert plot_deployment(untimed, tmp_path / "none.png") is None
+
+
+def test_time_interleaved_takes_turns_and_reports_median_and_spread():
+    from pipeline.latency import time_interleaved
+
+    calls = []
+    result = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,
+                              seconds_per_round=0.0, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the order rotates each round
+    assert result["a"]["repeats"] == result["b"]["repeats"] == 3
+    assert result["a"]["ms"] >= 0 and result["a"]["spread_percent"] >= 0

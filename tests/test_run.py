@@ -160,9 +160,12 @@ def test_bad_run_configs_fail_before_any_stage_runs(tiny_run, change, message):
 def test_quickstart_config_validates_every_stage(tmp_path):
     cfg = load_config(RunConfig, ROOT / "configs" / "quickstart.yaml", [f"run_dir={tmp_path / 'qs'}"])
     plan = _plan(cfg, Path(cfg.run_dir))
-    assert list(plan) == ["data", "vocab", "vectors", "pretrain", "general", "augment", "finetune", "task", "evaluate"]
+    assert list(plan) == ["data", "vocab", "vectors", "pretrain", "general", "augment", "finetune", "task", "export",
+                          "evaluate"]
     assert plan["task"].config.teacher == str(tmp_path / "qs" / "finetune")
     assert plan["task"].config.student.checkpoint == str(tmp_path / "qs" / "general")
+    assert plan["export"].config.model == str(tmp_path / "qs" / "task") and plan["export"].config.int8
+    assert plan["evaluate"].config.onnx_dir == str(tmp_path / "qs" / "export")
 
 
 def test_cli_run_prints_the_report_and_exits_2_on_a_bad_reference(tiny_run, tmp_path, capsys):
