@@ -295,8 +295,8 @@ def test_wordpieces_of_one_word_share_its_start(tmp_path):
     from pipeline.masking import WordStarts
 
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "play", "##ing", "game", "##s",
-                                "好", "天", "气"]) + "\n")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "play", "##ing", "game", "##s", "好", "天", "气"]
+    vocab.write_text("".join(f"{token}\n" for token in tokens))
     tokenizer = BertTokenizer(vocab=str(vocab))
     ids = tokenizer("the playing games 好天气")["input_ids"]
     assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "the", "play", "##ing", "game", "##s", "好", "天", "气",
