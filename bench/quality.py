@@ -19,6 +19,9 @@ reviews) and NER (People's Daily nr/ns/nt as BIO). Rows per task:
   5. (--rows distilbert) DistilBERT-style: stage one with `objective: distilbert` (4 teacher layers
      copied, soft MLM + MLM + cosine), then the same task distillation on the augmented set
   6. (--rows bilstm) BiLSTM student (Tang et al. 2019), logits MSE on the augmented set (sentiment only)
+  7. (--rows minilmv2) MiniLMv2 stage one (Q-Q/K-K/V-V relations of the teacher's last layer, 32 relation
+     heads, no projections) at the same budget as row 4's, then the same task distillation on the
+     augmented set
 Targets: row 4 retains >= 97% of the teacher's score, and row 4 >= row 2 + 1 point.
 Stage one is task-agnostic, so it runs once (`run_dir/general/<objective>`) and every task's rows use it.
 Everything runs through `tinydistill run`, so re-running reuses finished stages.
@@ -52,7 +55,7 @@ BUDGETS = {
               "intermediate_epochs": 1, "variants": 2, "seq": 64},
 }
 REQUIRED_ROWS = ["teacher", "direct", "task_only", "two_stage", "two_stage_hard"]
-ALL_ROWS = REQUIRED_ROWS + ["distilbert", "bilstm"]
+ALL_ROWS = REQUIRED_ROWS + ["distilbert", "bilstm", "minilmv2"]
 HARD_WEIGHT = 0.5  # two_stage_hard: gold-label CE added to the prediction step (TinyBERT uses none)
 STUDENT = {"preset": None, "num_hidden_layers": 4, "hidden_size": 96, "intermediate_size": 384,
            "num_attention_heads": 4}
@@ -101,10 +104,10 @@ def general_run_dir(args, objective: str) -> Path:
 
 def selected_rows(requested: list[str]) -> list[str]:
     """Rows to run, in table order: teacher and direct always (the table compares against them), and
-    two_stage whenever distilbert, bilstm or two_stage_hard is asked for (they train on its transfer set;
+    two_stage whenever distilbert, bilstm, minilmv2 or two_stage_hard is asked for (they train on its transfer set;
     two_stage_hard also starts from its intermediate-step student)."""
     wanted = {"teacher", "direct", *requested}
-    if wanted & {"distilbert", "bilstm", "two_stage_hard"}:
+    if wanted & {"distilbert", "bilstm", "two_stage_hard", "minilmv2"}:
         wanted.add("two_stage")
     return [row for row in ALL_ROWS if row in wanted]
 
@@ -121,6 +124,8 @@ def general_config(args, budget: dict, objective: str) -> dict:
         general.update(objective="distilbert",
                        student={"init": "teacher_layers", "preset": None, "num_hidden_layers": 4})
         general["train"]["lr"] = 5e-4
+    elif objective == "minilmv2":  # relation heads must divide both widths: 128 and 96 share 32
+        general.update(objective="minilmv2", minilmv2={"relation_heads": 32}, student=STUDENT)
     else:
         general["student"] = STUDENT
     return {"run_dir": str(general_run_dir(args, objective)),
@@ -171,9 +176,9 @@ def run_config(args, budget: dict, kind: str, row: str) -> dict:
                           "prediction": {**prediction, "loss": {**prediction["loss"], "hard_weight": HARD_WEIGHT}},
                           "cache_dir": str(two_stage / "cache")}
         return config
-    if row == "distilbert":
+    if row in ("distilbert", "minilmv2"):
         config["augment"] = {"use": str(base / kind / "two_stage" / "augment")}
-        config["general"] = {"use": str(general_run_dir(args, "distilbert") / "general")}
+        config["general"] = {"use": str(general_run_dir(args, row) / "general")}
         config["task"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}",
                           "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None},
                           "intermediate": intermediate, "prediction": prediction, "cache_dir": "${run_dir}/cache"}
@@ -227,7 +232,7 @@ def main() -> None:
     shared = {"run_dir": str(Path(args.run_dir) / "shared"), **shared_config(args, budget)}
     print(run_pipeline(from_dict(RunConfig, shared)))
     rows = selected_rows(args.rows)
-    for row, objective in (("two_stage", "tinybert"), ("distilbert", "distilbert")):
+    for row, objective in (("two_stage", "tinybert"), ("distilbert", "distilbert"), ("minilmv2", "minilmv2")):
         if row in rows:
             run_pipeline(from_dict(RunConfig, general_config(args, budget, objective)))
     table = {}
@@ -244,7 +249,7 @@ def main() -> None:
                 student = {"teacher": "${finetune}", "bilstm": "${bilstm}"}.get(row, "${task}")
             config["evaluate"] = {"teacher": str(Path(args.run_dir) / kind / "teacher" / "finetune"),
                                   "student": student, "task": task,
-                                  "latency": {"enabled": row in ("teacher", "two_stage", "distilbert", "bilstm"),
+                                  "latency": {"enabled": row in ("teacher", "two_stage", "distilbert", "bilstm", "minilmv2"),
                                               "min_seconds": 1.0}}
             run_pipeline(from_dict(RunConfig, config))
             scores[row] = row_scores(Path(config["run_dir"]), row)
