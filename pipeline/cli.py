@@ -240,7 +240,11 @@ def _prepare_zh_data(args: argparse.Namespace) -> str:
         )
     corpus = summary["corpus"]
     lines.append(f"corpus: {corpus['lines']} lines ({corpus['held_out_lines']} holding NER dev/test sentences left out)")
-    written = ["reviews/", *(["ner/"] if "ner" in summary else []), "corpus/peoples_daily.txt", lexicon.name]
+    if "qa" in summary:
+        qa = summary["qa"]["splits"]
+        lines.append("qa (MRC-style NER questions): " + ", ".join(
+            f"{name} {split['examples']} ({split['unanswerable']} unanswerable)" for name, split in qa.items()))
+    written = ["reviews/", *(["ner/", "qa/"] if "ner" in summary else []), "corpus/peoples_daily.txt", lexicon.name]
     lines.append(f"written to {args.output_dir}: {', '.join(written)}")
     return "\n".join(lines)
 

@@ -410,11 +410,42 @@ def split_texts(directory: Path, splits: tuple[str, ...] = ("dev", "test")) -> s
     return texts
 
 
+# Li et al. 2020, "A Unified MRC Framework for Named Entity Recognition": one fixed query per type.
+MRC_QUERIES = {"PER": "文中提到了哪些人名？", "LOC": "文中提到了哪些地名？", "ORG": "文中提到了哪些机构名？"}
+
+
+def prepare_mrc_qa(ner_dir: str | Path, output_dir: str | Path) -> dict:
+    """Extractive QA from the NER splits in the MRC formulation of NER: for each sentence and entity type,
+    context = the sentence, question = the type's query, answers = its entities of that type (SQuAD
+    layout), none when it has none (SQuAD v2). The splits are the NER splits, so the same dev and test
+    sentences are held out. Return the stats written."""
+    from pipeline.metrics import bio_entities
+
+    ner_dir = Path(ner_dir)
+    splits, stats = {}, {"source": str(ner_dir), "queries": MRC_QUERIES, "splits": {}}
+    for name in SPLITS:
+        rows = []
+        with open(ner_dir / f"{name}.jsonl", encoding="utf-8") as handle:
+            sentences = [json.loads(line) for line in handle if line.strip()]
+        for k, sentence in enumerate(sentences):
+            context = "".join(sentence["tokens"])
+            starts = [sum(len(t) for t in sentence["tokens"][:i]) for i in range(len(sentence["tokens"]) + 1)]
+            entities = sorted(bio_entities(sentence["tags"]), key=lambda e: e[1])
+            for kind, query in MRC_QUERIES.items():
+                spans = [(starts[a], starts[b]) for t, a, b in entities if t == kind]
+                rows.append({"id": f"{name}-{k}-{kind}", "context": context, "question": query,
+                             "answers": {"text": [context[a:b] for a, b in spans], "answer_start": [a for a, _ in spans]}})
+        splits[name] = rows
+        stats["splits"][name] = {"examples": len(rows), "unanswerable": sum(not r["answers"]["text"] for r in rows)}
+    write_jsonl_splits(splits, output_dir, stats)
+    return stats
+
+
 def prepare_zh_data(output_dir: str | Path, seed: int = 13, dev_fraction: float = 0.1,
                     test_fraction: float = 0.1, max_train: int | None = None, max_eval: int | None = None,
                     corpus_lines: int | None = None, skip_ner: bool = False) -> dict:
-    """Write reviews/, ner/ (unless skip_ner) and corpus/peoples_daily.txt under `output_dir`;
-    return {"reviews": stats, "ner": stats, "corpus": {"path", "lines"}}."""
+    """Write reviews/, ner/ and qa/ (unless skip_ner) and corpus/peoples_daily.txt under `output_dir`;
+    return {"reviews": stats, "ner": stats, "qa": stats, "corpus": {"path", "lines"}}."""
     output_dir = Path(output_dir)
     check_split_options(dev_fraction, test_fraction, max_train, max_eval)
     if corpus_lines is not None and corpus_lines < 1:
@@ -429,6 +460,7 @@ def prepare_zh_data(output_dir: str | Path, seed: int = 13, dev_fraction: float 
     if not skip_ner:
         summary["ner"] = prepare_ner(peoples_daily, output_dir / "ner", **split_options)
         held_out = split_texts(output_dir / "ner")
+        summary["qa"] = prepare_mrc_qa(output_dir / "ner", output_dir / "qa")
     corpus = output_dir / "corpus" / "peoples_daily.txt"
     summary["corpus"] = write_plain_corpus(peoples_daily, corpus, corpus_lines, held_out)
     return summary

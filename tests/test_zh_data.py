@@ -225,3 +225,22 @@ def test_prepare_zh_data_cli_end_to_end(tmp_path, capsys):
     assert main(["prepare-zh-data", str(tmp_path / "bad"), "--corpus-lines", "0"]) == 2
     assert "corpus_lines" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_mrc_qa_set_asks_each_entity_type_of_each_ner_sentence(tmp_path):
+    from pipeline.qa import check_answers
+    from pipeline.zh_data import MRC_QUERIES
+
+    prepare_zh_data(tmp_path / "zh", max_train=40, max_eval=10)
+    for split in ("train", "dev", "test"):
+        ner = [json.loads(line) for line in read_lines(tmp_path / "zh" / "ner" / f"{split}.jsonl")]
+        qa = [json.loads(line) for line in read_lines(tmp_path / "zh" / "qa" / f"{split}.jsonl")]
+        assert len(qa) == 3 * len(ner)
+        check_answers([r["context"] for r in qa], [r["answers"] for r in qa], split)  # offsets are right
+        for sentence, rows in zip(ner, (qa[i : i + 3] for i in range(0, len(qa), 3))):
+            assert {r["context"] for r in rows} == {"".join(sentence["tokens"])}
+            assert [r["question"] for r in rows] == list(MRC_QUERIES.values())
+            persons = [r for r in rows if r["question"] == MRC_QUERIES["PER"]][0]["answers"]["text"]
+            assert len(persons) == sum(tag == "B-PER" for tag in sentence["tags"])
+    stats = json.loads((tmp_path / "zh" / "qa" / "stats.json").read_text(encoding="utf-8"))
+    assert 0 < stats["splits"]["train"]["unanswerable"] < stats["splits"]["train"]["examples"]
