@@ -64,6 +64,14 @@ def hard_weight_at(cfg: PredictionLossConfig, progress: float) -> float:
     return cfg.hard_weight
 
 
+def span_rows(logits: torch.Tensor, position_mask: torch.Tensor) -> torch.Tensor:
+    """QA logits (B, L, 2) -> (2B, L): the start rows then the end rows, positions outside
+    `position_mask` ([CLS] and the context) at the float minimum, so they get probability 0."""
+    rows = torch.cat([logits[..., 0], logits[..., 1]], dim=0).float()
+    allowed = torch.cat([position_mask, position_mask], dim=0).bool()
+    return rows.masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
 def prediction_terms(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | list[torch.Tensor] | None,
@@ -76,12 +84,22 @@ def prediction_terms(
     """Named loss terms and their weighted sum under "loss".
 
     Classification: logits (B, C); token tasks: (B, L, C) with `token_mask` (B, L) selecting non-pad
-    tokens for the soft term (labels of -100 are skipped by the hard term); regression: (B, 1).
+    tokens for the soft term (labels of -100 are skipped by the hard term); regression: (B, 1);
+    extractive QA: (B, L, 2) start and end logits, `token_mask` the positions a span may use ([CLS] and
+    the context), labels (B, 2) gold start and end: the terms are the classification terms over
+    positions, averaged over the start and the end rows.
     `teacher_logits` is one teacher's logits or a list, one per teacher of an ensemble, all in the
     student's label order; a list of one is the single teacher.
     """
     if isinstance(teacher_logits, list) and len(teacher_logits) == 1:
         teacher_logits = teacher_logits[0]
+    if task_type == "qa":  # a softmax over positions, for the start and for the end: rows of span_rows
+        student_logits = span_rows(student_logits, token_mask)
+        if teacher_logits is not None:
+            teacher_logits = ([span_rows(t, token_mask) for t in teacher_logits] if isinstance(teacher_logits, list)
+                              else span_rows(teacher_logits, token_mask))
+        labels = None if labels is None else labels.t().reshape(-1)
+        task_type, token_mask = "classification", None
     ensemble = isinstance(teacher_logits, list)
     terms: dict[str, torch.Tensor] = {}
     mask = token_mask if task_type == "token" else None

@@ -77,3 +77,22 @@ def test_token_task_ensemble_averages_per_token_over_real_tokens():
     mask = torch.tensor([[1, 0]])
     terms = prediction_terms(student, teachers, None, "token", PredictionLossConfig(), 0.0, mask)
     assert terms["soft_ce"].item() == pytest.approx(math.log(2))
+
+
+def test_qa_soft_ce_is_over_context_positions_for_start_and_end_by_hand():
+    from pipeline.prediction import PredictionLossConfig, prediction_terms
+
+    # one window of 4 positions; position 2 is the question (not allowed). Student uniform over allowed.
+    student = torch.zeros(1, 4, 2)
+    teacher = torch.tensor([[[0.0, 0.0], [math.log(3), 0.0], [50.0, 50.0], [0.0, math.log(3)]]])
+    mask = torch.tensor([[1, 1, 0, 1]])
+    cfg = PredictionLossConfig(temperature=1.0, hard_weight=0.5)
+    labels = torch.tensor([[1, 3]])
+    terms = prediction_terms(student, teacher, labels, "qa", cfg, 0.0, mask)
+    # teacher start over (0, 1, 3): (1, 3, 1)/5; student uniform 1/3: soft CE = log 3 for start and end alike
+    assert terms["soft_ce"].item() == pytest.approx(math.log(3), rel=1e-6)
+    assert terms["hard_ce"].item() == pytest.approx(math.log(3), rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(1.5 * math.log(3), rel=1e-6)
+    # T = 2 scales by T^2 and softens the teacher: (1, sqrt 3, 1) / (2 + sqrt 3)
+    soft = prediction_terms(student, teacher, None, "qa", PredictionLossConfig(temperature=2.0), 0.0, mask)
+    assert soft["soft_ce"].item() == pytest.approx(4 * math.log(3), rel=1e-6)
