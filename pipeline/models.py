@@ -186,6 +186,12 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def parameter_count(config: PretrainedConfig, model_class=AutoModel) -> int:
+    """The parameters of `model_class` built from `config`, counted without allocating its weights."""
+    with torch.device("meta"):
+        return count_parameters(model_class.from_config(config))
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

@@ -127,7 +127,8 @@ class IntermediateLossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and runtime. `batch_size` is per process; the effective batch is
-    batch_size * processes * grad_accum."""
+    batch_size * processes * grad_accum. `mixed_precision` and `grad_accum` left unset are the
+    launcher's (`accelerate launch --mixed_precision bf16`), else no and 1; set here, they win."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -136,11 +137,11 @@ class TrainConfig:
     schedule: Literal["linear", "constant"] = "linear"
     warmup_ratio: float = 0.1
     batch_size: int = 32
-    grad_accum: int = 1
+    grad_accum: int | None = None
     max_steps: int | None = None
     epochs: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 42
     log_every: int = 10
@@ -160,7 +161,7 @@ class TrainConfig:
     def __post_init__(self):
         positive = ("batch_size", "grad_accum", "epochs", "log_every", "save_every", "keep_checkpoints")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"train.max_steps: must be >= 1, got {self.max_steps}")

@@ -46,7 +46,7 @@ class FinetuneConfig:
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune `cfg.model` on `cfg.task`; returns the output directory."""
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     tokenizer = load_tokenizer(cfg.model, "model tokenizer")
     check_seq_len(cfg.task, load_model_config(cfg.model, "model"))
     raw = {"train": load_task_split(cfg.task, "train"),
@@ -56,7 +56,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     data = tokenize_splits(cfg.task, tokenizer, label_names, raw)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
@@ -81,7 +81,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                                 accelerator.device, cfg.eval_every, save_model)
     header = {"task": task_type, "labels": label_names, "train_rows": len(data["train"]),
               "parameters": count_parameters(model)}
-    model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, cfg.train, output_dir,
+    model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, train, output_dir,
                                       tokenizer.pad_token_id, "fine-tuning", header, evaluation)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -114,12 +114,12 @@ def run_general(cfg: GeneralConfig) -> Path:
 
 
 def _run_tinybert(cfg: GeneralConfig) -> Path:
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the teacher is loaded.
     teacher_config = load_model_config(cfg.teacher, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
-                             cfg.train.seed)
+                             train.seed)
     student = build_student(cfg.student, teacher_config, cfg.teacher)
     check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
                               cfg.corpus.max_seq_len)
@@ -127,13 +127,13 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
                                        student.config.num_hidden_layers)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
-    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
+    total_steps = train.max_steps or steps_from_corpus(corpus, train, accelerator)
 
-    teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)
+    teacher = load_teacher(cfg.teacher, train.teacher_dtype).to(accelerator.device)
     previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
     projections = build_projections(student.config.hidden_size, teacher_config.hidden_size,
                                     layer_map.student_layers, cfg.loss.projection, previous)
@@ -157,8 +157,8 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
 
         model, state, log = train_model(
             accelerator, model,
-            lambda state: resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id),
-            compute_terms, cfg.train, output_dir, total_steps, "general distillation", header)
+            lambda state: resumable_batches(corpus, state, train.batch_size, tokenizer.pad_token_id),
+            compute_terms, train, output_dir, total_steps, "general distillation", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
     log.close()
     _save_student(accelerator, model, tokenizer, output_dir, state)
@@ -166,15 +166,15 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
 
 
 def _run_distilbert(cfg: GeneralConfig) -> Path:
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the output directory is made.
     teacher_config = load_model_config(cfg.teacher, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     if tokenizer.mask_token_id is None:
         raise ModelError(f"teacher tokenizer {cfg.teacher!r} has no mask token; objective distilbert needs one")
     corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
-                             cfg.train.seed)
-    teacher = load_masked_lm_teacher(cfg.teacher, cfg.train.teacher_dtype)
+                             train.seed)
+    teacher = load_masked_lm_teacher(cfg.teacher, train.teacher_dtype)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=AutoModelForMaskedLM)
     check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
     widths = (student.config.hidden_size, teacher_config.hidden_size)
@@ -186,17 +186,17 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         )
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
-    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
+    total_steps = train.max_steps or steps_from_corpus(corpus, train, accelerator)
     teacher = teacher.to(accelerator.device)
     weights = cfg.distilbert
 
     def batches_from(state: TrainState):
-        batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
-        return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
+        batches = resumable_batches(corpus, state, train.batch_size, tokenizer.pad_token_id)
+        return masked_batches(batches, state.step, train.grad_accum, train.seed, accelerator.process_index,
                               tokenizer, weights.mlm_probability)
 
     def compute_terms(model, batch, progress):
@@ -227,7 +227,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         "weights (soft_ce, mlm, cosine)": [weights.soft_ce, weights.mlm, weights.cosine],
         "mlm_probability": weights.mlm_probability,
     }
-    model, state, log = train_model(accelerator, student, batches_from, compute_terms, cfg.train, output_dir,
+    model, state, log = train_model(accelerator, student, batches_from, compute_terms, train, output_dir,
                                     total_steps, "general distillation (distilbert)", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
     log.close()

@@ -96,25 +96,25 @@ class PretrainConfig:
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
     """Pretrain a masked LM on `cfg.corpus`; returns the output directory."""
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the output directory is made.
     tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
     if tokenizer.mask_token_id is None:
         raise ModelError(f"tokenizer {cfg.tokenizer!r} has no mask token; masked-LM pretraining needs one")
     corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
-                             cfg.train.seed)
+                             train.seed)
     model = build_masked_lm(cfg.model, len(tokenizer), cfg.corpus.max_seq_len)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
-    total_steps = cfg.train.max_steps or steps_from_corpus(corpus, cfg.train, accelerator)
+    total_steps = train.max_steps or steps_from_corpus(corpus, train, accelerator)
 
     def batches_from(state: TrainState):
-        batches = resumable_batches(corpus, state, cfg.train.batch_size, tokenizer.pad_token_id)
-        return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
+        batches = resumable_batches(corpus, state, train.batch_size, tokenizer.pad_token_id)
+        return masked_batches(batches, state.step, train.grad_accum, train.seed, accelerator.process_index,
                               tokenizer, cfg.mlm_probability)
 
     def compute_terms(model, batch, progress):
@@ -125,7 +125,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
 
     header = {"model_params": count_parameters(model), "vocab_size": len(tokenizer),
               "mlm_probability": cfg.mlm_probability}
-    model, state, log = train_model(accelerator, model, batches_from, compute_terms, cfg.train, output_dir,
+    model, state, log = train_model(accelerator, model, batches_from, compute_terms, train, output_dir,
                                     total_steps, "mlm pretraining", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped.as_dict())
     log.close()
