@@ -64,8 +64,11 @@ def capture_attention_scores(model: nn.Module, layers: Sequence[int]) -> Iterato
     The dict is overwritten by each forward. On exit the model's attention implementation and
     modules are restored.
     """
-    modules = self_attention_modules(model)
     scores: dict[int, torch.Tensor] = {}
+    if not layers:  # nothing to record (e.g. loss.attention 0): the model keeps its own attention
+        yield scores
+        return
+    modules = self_attention_modules(model)
     for layer in layers:
         if not 1 <= layer <= len(modules):
             raise ModelError(f"cannot capture attention of layer {layer}: the model has {len(modules)} layers")

@@ -33,10 +33,12 @@ from pipeline.data import TokenizedCorpus
 from pipeline.errors import ConfigError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
-    freeze_outside_encoder,
     freeze_unreached,
+    hidden_projection_layers,
     intermediate_layer_map,
     intermediate_loss_terms,
+    probe_batch,
+    scored_layers,
     teacher_features,
 )
 from pipeline.losses import hidden_cosine, masked_lm_loss, soft_target_kl
@@ -136,18 +138,18 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
     teacher = load_teacher(cfg.teacher, train.teacher_dtype).to(accelerator.device)
     previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
     projections = build_projections(student.config.hidden_size, teacher_config.hidden_size,
-                                    layer_map.student_layers, cfg.loss.projection, previous)
-    freeze_outside_encoder(student)
-    model = StudentWithProjections(student, projections)
-    freeze_unreached(model, layer_map, cfg.loss)
+                                    hidden_projection_layers(layer_map, cfg.loss), cfg.loss.projection, previous)
+    model = StudentWithProjections(student, projections).to(accelerator.device)
     header = {
         "mapping (student->teacher)": layer_map.describe(),
         "teacher_params": count_parameters(teacher),
         "student_params": count_parameters(student),
         "projection_params": count_parameters(projections),
+        "teacher_dtype": train.teacher_dtype,
     }
-    with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
-            capture_attention_scores(student, layer_map.student_layers) as student_captured:
+    teacher_layers, student_layers = scored_layers(layer_map, cfg.loss)
+    with capture_attention_scores(teacher, teacher_layers) as teacher_captured, \
+            capture_attention_scores(student, student_layers) as student_captured:
 
         def compute_terms(model, batch, progress):
             teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
@@ -155,6 +157,9 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
             return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
                                            layer_map, cfg.loss, batch["attention_mask"])
 
+        probe = probe_batch(tokenizer, accelerator.device)
+        frozen = freeze_unreached(model, lambda model: compute_terms(model, probe, 0.0)["loss"])
+        header["frozen_params"] = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
         model, state, log = train_model(
             accelerator, model,
             lambda state: resumable_batches(corpus, state, train.batch_size, tokenizer.pad_token_id),

@@ -29,10 +29,12 @@ from pipeline.config import write_resolved_config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
-    freeze_outside_encoder,
     freeze_unreached,
+    hidden_projection_layers,
     intermediate_layer_map,
     intermediate_loss_terms,
+    probe_batch,
+    scored_layers,
     teacher_features,
 )
 from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
@@ -194,15 +196,15 @@ def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, ste
     teacher = load_teacher(cfg.teacher, train.teacher_dtype, model_class_for(cfg.task.type)).to(accelerator.device)
     previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
     projections = build_projections(student.config.hidden_size, teacher.config.hidden_size,
-                                    layer_map.student_layers, cfg.intermediate.loss.projection, previous)
-    freeze_outside_encoder(student)
-    model = StudentWithProjections(student, projections)
-    freeze_unreached(model, layer_map, cfg.intermediate.loss)
+                                    hidden_projection_layers(layer_map, cfg.intermediate.loss),
+                                    cfg.intermediate.loss.projection, previous)
+    model = StudentWithProjections(student, projections).to(accelerator.device)
     header = {"step": "1/2 intermediate", "teacher_dtype": train.teacher_dtype,
               "mapping (student->teacher)": layer_map.describe(),
               "transfer_rows": len(transfer), "student_params": count_parameters(student)}
-    with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
-            capture_attention_scores(student, layer_map.student_layers) as student_captured:
+    teacher_layers, student_layers = scored_layers(layer_map, cfg.intermediate.loss)
+    with capture_attention_scores(teacher, teacher_layers) as teacher_captured, \
+            capture_attention_scores(student, student_layers) as student_captured:
 
         def compute_terms(model, batch, progress):
             teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
@@ -211,6 +213,9 @@ def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, ste
             return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
                                            layer_map, cfg.intermediate.loss, batch["attention_mask"])
 
+        probe = probe_batch(tokenizer, accelerator.device)
+        frozen = freeze_unreached(model, lambda model: compute_terms(model, probe, 0.0)["loss"])
+        header["frozen_params"] = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
         model, state = train_on_task_data(accelerator, model, transfer, compute_terms, train, step_dir,
                                           tokenizer.pad_token_id, "task distillation 1/2 (intermediate)", header)
     accelerator.wait_for_everyone()
