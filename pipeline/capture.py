@@ -5,7 +5,8 @@ scores; `output_attentions=True` silently returns nothing under sdpa, and switch
 eager would slow every layer. Instead we register one attention function with transformers'
 AttentionInterface. For a layer we were asked to watch it computes the scores with one extra matmul
 and records them (with autograd, so a student learns through them); every layer, watched or not, then
-runs the regular sdpa kernel for its output, so the model's outputs are unchanged.
+runs the regular sdpa kernel for its output, so the model's outputs are unchanged. A forward's k-th
+attention call is layer k, which also holds for ALBERT's one shared layer.
 
 The recorded scores carry no mask: padding is excluded by the losses through the attention mask.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 
 import torch
 from torch import nn
@@ -24,14 +26,15 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from pipeline.errors import ModelError
 
 CAPTURE_IMPLEMENTATION = "tinydistill_capture"
-_RECORDER_ATTRIBUTE = "_tinydistill_score_recorder"
+# The recorder of the model whose forward is running (teacher and student forwards never nest).
+_ACTIVE_RECORDER: ContextVar[_LayerRecorder | None] = ContextVar("tinydistill_score_recorder", default=None)
 
 
 def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    record = getattr(module, _RECORDER_ATTRIBUTE, None)
+    record = _ACTIVE_RECORDER.get()
     if record is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        record(torch.matmul(query, key.transpose(-1, -2)) * scale)
+        record(lambda: torch.matmul(query, key.transpose(-1, -2)) * scale)
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
 
@@ -40,53 +43,59 @@ AttentionInterface.register(CAPTURE_IMPLEMENTATION, _recording_sdpa_attention)
 AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
 
 
-def self_attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention module of each Transformer layer, in order (BERT-like encoders)."""
-    base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None:
-        raise ModelError(
-            f"{type(model).__name__}: cannot find encoder.layer; attention capture supports BERT-like encoders"
-        )
-    found = []
-    for index, layer in enumerate(layers, start=1):
-        candidates = [m for m in layer.modules() if type(m).__name__.endswith("SelfAttention")]
-        if not candidates:
-            raise ModelError(f"{type(model).__name__}: layer {index} has no *SelfAttention module to capture")
-        found.append(candidates[0])
-    return found
+class _LayerRecorder:
+    """Counts a forward's attention calls: the k-th is layer k, in BERT-like encoders and in ALBERT, whose
+    one shared layer runs once per depth. Scores are computed only for the watched layers."""
+
+    def __init__(self, watched: set[int], scores: dict[int, torch.Tensor]):
+        self.watched, self.scores, self.calls = watched, scores, 0
+
+    def __call__(self, compute_scores) -> None:
+        self.calls += 1
+        if self.calls in self.watched:
+            self.scores[self.calls] = compute_scores()
 
 
 @contextmanager
 def capture_attention_scores(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block, every forward of `model` fills the yielded dict: layer (1-based) -> (B, H, L, L).
 
-    The dict is overwritten by each forward. On exit the model's attention implementation and
-    modules are restored.
+    The dict is overwritten by each forward. With no layers nothing changes in the model. On exit the
+    model's attention implementation is restored and its hooks removed. A forward that makes another
+    number of attention calls than the model has layers is refused (its scores would be misattributed).
     """
     scores: dict[int, torch.Tensor] = {}
     if not layers:  # nothing to record (e.g. loss.attention 0): the model keeps its own attention
         yield scores
         return
-    modules = self_attention_modules(model)
+    depth = model.config.num_hidden_layers
     for layer in layers:
-        if not 1 <= layer <= len(modules):
-            raise ModelError(f"cannot capture attention of layer {layer}: the model has {len(modules)} layers")
+        if not 1 <= layer <= depth:
+            raise ModelError(f"cannot capture attention of layer {layer}: the model has {depth} layers")
+    running: list[tuple[_LayerRecorder, Token]] = []
+
+    def start(module, args):
+        recorder = _LayerRecorder(set(layers), scores)
+        running.append((recorder, _ACTIVE_RECORDER.set(recorder)))
+
+    def check(module, args, output):
+        recorder = running[-1][0]
+        if recorder.calls != depth:
+            raise ModelError(
+                f"{type(model).__name__}: {recorder.calls} attention calls went through transformers' "
+                f"AttentionInterface for {depth} layers; its attention scores cannot be recorded"
+            )
+
+    def stop(module, args, output):
+        _ACTIVE_RECORDER.reset(running.pop()[1])
+
+    hooks = [model.register_forward_pre_hook(start), model.register_forward_hook(check),
+             model.register_forward_hook(stop, always_call=True)]
     previous = model.config._attn_implementation
-    for layer in set(layers):
-        setattr(modules[layer - 1], _RECORDER_ATTRIBUTE, _make_recorder(scores, layer))
     model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
     try:
         yield scores
     finally:
-        for module in modules:
-            if hasattr(module, _RECORDER_ATTRIBUTE):
-                delattr(module, _RECORDER_ATTRIBUTE)
+        for hook in hooks:
+            hook.remove()
         model.set_attn_implementation(previous)
-
-
-def _make_recorder(scores: dict[int, torch.Tensor], layer: int):
-    def record(layer_scores: torch.Tensor) -> None:
-        scores[layer] = layer_scores
-
-    return record

@@ -15,6 +15,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 from pipeline.layer_map import LayerMap, build_layer_map, middle_layer
 from pipeline.losses import attention_kl, attention_mse, average_heads, hidden_mse
+from pipeline.models import forward_input_names
 from pipeline.projections import Projections
 from pipeline.schema import IntermediateLossConfig, MappingConfig
 
@@ -27,12 +28,11 @@ class StudentWithProjections(nn.Module):
         super().__init__()
         self.student = student
         self.projections = projections
+        self.inputs = forward_input_names(student)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> dict[int, torch.Tensor]:
-        outputs = self.student(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            output_hidden_states=True,
-        )
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        outputs = self.student(**{k: v for k, v in given.items() if k in self.inputs}, output_hidden_states=True)
         hidden = outputs.hidden_states
         projected = {0: self.projections.project_embeddings(hidden[0])}
         for layer in self.projections.student_layers:
@@ -83,10 +83,10 @@ def freeze_unreached(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tens
 
 
 def probe_batch(tokenizer, device) -> dict[str, torch.Tensor]:
-    """A one-row batch of real token ids (a sentence pair, so segment embeddings are used too)."""
-    encoded = tokenizer("distillation probe", "second segment", return_tensors="pt")
+    """A one-row batch of real token ids, one segment (RoBERTa-style models have a single token type)."""
+    encoded = tokenizer("distillation probe", return_tensors="pt")
     batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-             "token_type_ids": encoded.get("token_type_ids", torch.zeros_like(encoded["input_ids"]))}
+             "token_type_ids": torch.zeros_like(encoded["input_ids"])}
     return {name: value.to(device) for name, value in batch.items()}
 
 
@@ -109,10 +109,7 @@ def teacher_features(teacher: nn.Module, batch: dict[str, torch.Tensor], capture
     no_grad rather than inference_mode: the KL loss keeps teacher probabilities for backward, and
     autograd refuses to save inference tensors.
     """
-    outputs = teacher(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        token_type_ids=batch.get("token_type_ids"), output_hidden_states=True,
-    )
+    outputs = teacher(**{k: batch[k] for k in forward_input_names(teacher) if k in batch}, output_hidden_states=True)
     return outputs.hidden_states, dict(captured)
 
 

@@ -17,7 +17,13 @@ import torch
 from pipeline.checkpoints import mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
 from pipeline.losses import hard_cross_entropy, logits_mse
-from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
+from pipeline.models import (
+    count_parameters,
+    forward_input_names,
+    load_model_config,
+    load_pretrained,
+    load_tokenizer,
+)
 from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
 from pipeline.tasks import (
@@ -64,9 +70,10 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                             **label_maps(label_names))
     task_type = cfg.task.type
 
+    inputs = forward_input_names(model)
+
     def compute_terms(model, batch, progress):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"]).logits
+        logits = model(**{k: batch[k] for k in inputs}).logits
         if task_type == "regression":
             loss = logits_mse(logits, batch["labels"].float().reshape(-1, 1))
         else:

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForMaskedLM
 
+from pipeline.architectures import architecture_of
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
@@ -119,10 +120,12 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
     accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the teacher is loaded.
     teacher_config = load_model_config(cfg.teacher, "teacher")
+    architecture_of(teacher_config, "teacher")  # layer-wise losses need an architecture tried that way
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     corpus = TokenizedCorpus(cfg.corpus, tokenizer, accelerator.process_index, accelerator.num_processes,
                              train.seed)
     student = build_student(cfg.student, teacher_config, cfg.teacher)
+    architecture_of(student.config, "student")
     check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
                               cfg.corpus.max_seq_len)
     layer_map = intermediate_layer_map(cfg.mapping, cfg.loss, teacher_config.num_hidden_layers,

@@ -23,6 +23,7 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from pipeline.architectures import architecture_of
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import FINISHED_MARKER, mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
@@ -42,6 +43,7 @@ from pipeline.models import (
     build_student,
     check_teacher_student_fit,
     count_parameters,
+    forward_input_names,
     load_model_config,
     load_pretrained,
     load_teacher,
@@ -133,6 +135,8 @@ def run_task(cfg: TaskDistillConfig) -> Path:
              device_specific=False)  # the student's random init: the seed of the step that first trains it
     # Inputs are checked before anything is written: models, label maps, columns, sequence lengths.
     teacher_config = load_model_config(cfg.teacher, "teacher")
+    if cfg.intermediate.enabled:  # layer-wise losses need an architecture tried that way
+        architecture_of(teacher_config, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     task = cfg.task
     raw_train = load_task_split(task, "train")
@@ -144,6 +148,8 @@ def run_task(cfg: TaskDistillConfig) -> Path:
     student_model_class = model_class_for(task.type)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=student_model_class,
                             **label_maps(label_names))
+    if cfg.intermediate.enabled:
+        architecture_of(student.config, "student")
     check_teacher_student_fit(teacher_config, student.config, cfg.intermediate.loss.attention,
                               cfg.intermediate.loss.attention_heads, task.max_seq_len)
     layer_map = intermediate_layer_map(cfg.mapping, cfg.intermediate.loss, teacher_config.num_hidden_layers,
@@ -208,8 +214,7 @@ def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, ste
 
         def compute_terms(model, batch, progress):
             teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
-            projected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              token_type_ids=batch["token_type_ids"])
+            projected = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
             return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
                                            layer_map, cfg.intermediate.loss, batch["attention_mask"])
 
@@ -266,6 +271,7 @@ def _prediction_step(cfg: TaskDistillConfig, student, transfer, data, label_name
         else:
             live_teachers.append(member.to(accelerator.device))
     student.requires_grad_(True)
+    student_inputs = forward_input_names(student)
 
     def teacher_logits(batch, inputs) -> list[torch.Tensor]:
         """Every teacher's logits for the batch, in the first teacher's label order."""
@@ -277,7 +283,7 @@ def _prediction_step(cfg: TaskDistillConfig, student, transfer, data, label_name
         return [z if order is None else z[..., order] for z, order in zip(logits, label_orders)]
 
     def compute_terms(model, batch, progress):
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: batch[k] for k in student_inputs}
         student_logits = model(**inputs).logits
         return prediction_terms(student_logits, teacher_logits(batch, inputs), batch.get("labels"), task_type,
                                 step.loss, progress, batch["attention_mask"])
