@@ -40,6 +40,13 @@ class StudentConfig:
             raise ConfigError("student.checkpoint: only used when student.init is 'checkpoint'")
         if self.copy_teacher_layers is not None and self.init != "teacher_layers":
             raise ConfigError("student.copy_teacher_layers: only used when student.init is 'teacher_layers'")
+        if self.init != "config" and self.preset not in (None, StudentConfig.preset):
+            raise ConfigError(f"student.preset: only used when student.init is 'config' (got {self.preset})")
+        if self.init == "checkpoint":
+            for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"student.{name}: a checkpoint student keeps its own sizes; remove it "
+                                      "(or use student.init: config)")
         for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -151,6 +158,11 @@ class TrainConfig:
     tensorboard: bool = False
     progress_bar: bool = True
     group_by_length: bool = False  # task data only: batches of similar-length rows (less padding)
+
+    def without_teacher(self, section: str = "train") -> None:
+        """Refuse teacher settings in a stage that has no teacher (finetune, pretrain)."""
+        if self.teacher_dtype != "float32":
+            raise ConfigError(f"{section}.teacher_dtype: this stage has no teacher; remove it")
 
     def corpus_only(self, section: str = "train") -> None:
         """Refuse options that mean nothing on a packed corpus stream (stage one, pretraining)."""

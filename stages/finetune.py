@@ -49,6 +49,9 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     overwrite: bool = False
 
+    def __post_init__(self):
+        self.train.without_teacher()
+
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune `cfg.model` on `cfg.task`; returns the output directory."""

@@ -86,6 +86,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         self.train.corpus_only()
+        self.train.without_teacher()
         if not 0.0 < self.mlm_probability <= 1.0:
             raise ConfigError(f"mlm_probability: must be in (0, 1], got {self.mlm_probability}")
         limit = self.model.max_position_embeddings

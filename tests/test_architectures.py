@@ -31,6 +31,7 @@ ARCHITECTURES = {
 
 TEACHER_LAYERS = {"init": "teacher_layers", "preset": None, "num_hidden_layers": 2, "hidden_size": None,
                   "intermediate_size": None, "num_attention_heads": None}
+FROM_CHECKPOINT = {**TEACHER_LAYERS, "init": "checkpoint", "num_hidden_layers": None}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_architecture_distils_through_stage_one_and_stage_two(model_type, task_f
 
     out = tmp_path / "task"
     run_task(from_dict(TaskDistillConfig, task_config(
-        teacher, task_files, out, student={"init": "checkpoint", "checkpoint": str(general)},
+        teacher, task_files, out, student={**FROM_CHECKPOINT, "checkpoint": str(general)},
         intermediate={"train": quiet_train(max_steps=2)}, prediction={"train": quiet_train(max_steps=2)})))
     assert {"hidden", "attention"} <= set(read_steps(out / "intermediate")[-1])
     assert "accuracy" in json.loads((out / "metrics.json").read_text())["dev"]
