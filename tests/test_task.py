@@ -116,9 +116,9 @@ def test_two_step_distillation_saves_a_loadable_student_with_the_label_map(fine_
     calls = _count_teacher_forwards(monkeypatch)
     out = tmp_path / "student"
     run_task(from_dict(TaskDistillConfig, task_config(fine_tuned_teacher, sentiment_files, out)))
-    # Step 1 runs the teacher on each of its 4 batches; step 2 computes the cache in one batch of 64
-    # (32 rows), then trains without the teacher.
-    assert calls[0] == 4 + 1
+    # Step 1 runs the teacher once on a probe batch (to find what no loss term reaches) and on each of
+    # its 4 batches; step 2 computes the cache in one batch of 64 (32 rows), then trains without the teacher.
+    assert calls[0] == 1 + 4 + 1
     student = AutoModelForSequenceClassification.from_pretrained(out)
     assert student.config.id2label == {0: "neg", 1: "pos"} and student.config.num_hidden_layers == 2
     assert (out / "tinydistill_run.json").is_file() and (out / "intermediate" / "projections.safetensors").is_file()
