@@ -20,6 +20,7 @@ from datasets import IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 
 from pipeline.errors import DataError
+from pipeline.hub import split_revision
 from pipeline.schema import CorpusConfig
 
 TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -113,7 +114,8 @@ def open_corpus(cfg: CorpusConfig) -> IterableDataset:
         )
     try:
         if fmt == "hub":
-            stream = load_dataset(cfg.path, cfg.hub_config, split=cfg.hub_split, streaming=True)
+            hub_id, revision = split_revision(cfg.path)
+            stream = load_dataset(hub_id, cfg.hub_config, split=cfg.hub_split, streaming=True, revision=revision)
         else:
             delimiter = {"delimiter": "\t"} if files[0].endswith(".tsv") else {}
             stream = load_dataset(fmt, data_files=files, split="train", streaming=True, **delimiter)

@@ -23,6 +23,7 @@ from pipeline.architectures import (
     usable_positions,
 )
 from pipeline.errors import ModelError
+from pipeline.hub import split_revision
 from pipeline.schema import StudentConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,27 +45,32 @@ def check_model_source(name_or_path: str, role: str, markers: tuple[str, ...] = 
 
 
 def load_model_config(name_or_path: str, role: str) -> PretrainedConfig:
-    check_model_source(name_or_path, role)
+    """The config of a local model folder or a hub id (`org/name@revision` pins a revision)."""
+    source, revision = split_revision(name_or_path)
+    check_model_source(source, role)
     try:
-        return AutoConfig.from_pretrained(name_or_path)
+        return AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
 
 
 def load_tokenizer(name_or_path: str, role: str = "tokenizer"):
     """The tokenizer of a saved model, or a tokenizer saved alone (e.g. by `tinydistill build-vocab`)."""
-    check_model_source(name_or_path, role, markers=("config.json", "tokenizer_config.json"))
+    source, revision = split_revision(name_or_path)
+    check_model_source(source, role, markers=("config.json", "tokenizer_config.json"))
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load the {role} of {name_or_path!r}: {_first_line(err)}") from None
 
 
 def load_pretrained(model_class, name_or_path: str, role: str, dtype: torch.dtype | None = None, **kwargs):
     """`model_class.from_pretrained` with sdpa attention and a one-line error on failure."""
-    check_model_source(name_or_path, role)
+    source, revision = split_revision(name_or_path)
+    check_model_source(source, role)
     try:
-        return model_class.from_pretrained(name_or_path, attn_implementation="sdpa", dtype=dtype, **kwargs)
+        return model_class.from_pretrained(source, attn_implementation="sdpa", dtype=dtype, revision=revision,
+                                           **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
 

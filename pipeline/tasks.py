@@ -10,7 +10,6 @@ Shared by `finetune` (teacher fine-tuning), `task` (task distillation) and `eval
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -77,9 +76,8 @@ def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
     if where is None:
         raise ConfigError(f"task.{split}: not set")
     source, split_name = (cfg.dataset, where) if cfg.dataset else (where, "train")
-    cache = Path(tempfile.gettempdir()) / "tinydistill-datasets-cache"
     try:
-        dataset = load_input(source, cfg.format, split_name, cfg.name, cache)
+        dataset = load_input(source, cfg.format, split_name, cfg.name)  # the standard HF_DATASETS_CACHE
     except DataError as err:  # name the task key, not the loader's generic one
         message = str(err)
         for generic in ("input.path: ", "input.format: ", "input.split: "):
