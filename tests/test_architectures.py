@@ -82,7 +82,7 @@ def test_architecture_distils_through_stage_one_and_stage_two(model_type, task_f
 
 
 def test_electra_student_gets_embeddings_as_wide_as_its_layers(corpus_file, tmp_path):
-    teacher = make_teacher(tmp_path / "teacher", "electra", embedding_size=16)
+    teacher = make_teacher(tmp_path / "teacher", "electra", embedding_size=24)  # student hidden 16
     out = tmp_path / "general"
     run_general(from_dict(GeneralConfig, general_config(teacher, corpus_file, out, train={"max_steps": 1})))
     student = AutoModel.from_pretrained(out)
