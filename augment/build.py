@@ -75,7 +75,9 @@ def _load_resources(cfg: AugmentConfig) -> dict:
 def _build(cfg: AugmentConfig, resources: dict, temp_dir: Path) -> None:
     cache = temp_dir / "cache"
     cols = cfg.columns
-    dataset = load_input(cfg.input.path, cfg.input.format, cfg.input.split, cfg.input.name, cache)
+    # Downloads and file conversions go to the standard HF_DATASETS_CACHE and are kept between runs;
+    # `cache` holds only this build's own work files (removed when it is published).
+    dataset = load_input(cfg.input.path, cfg.input.format, cfg.input.split, cfg.input.name)
     check_columns(
         dataset,
         {

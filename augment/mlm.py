@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 
 from pipeline.errors import ModelError
+from pipeline.hub import split_revision
 
 _CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -40,8 +41,9 @@ class MaskedLMFiller:
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-            model = AutoModelForMaskedLM.from_pretrained(self.model_name)
+            source, revision = split_revision(self.model_name)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+            model = AutoModelForMaskedLM.from_pretrained(source, revision=revision)
         except Exception as err:  # noqa: BLE001 -- hub or file errors of every kind; the user must fix the path
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelError(

@@ -1,12 +1,13 @@
-"""Record pre-softmax attention scores QK^T/sqrt(d) for chosen layers, keeping sdpa for the attention.
+"""Record pre-softmax attention scores QK^T/sqrt(d), or queries, keys and values, of chosen layers.
 
 transformers 5 runs BERT attention through `scaled_dot_product_attention`, which never materialises the
 scores; `output_attentions=True` silently returns nothing under sdpa, and switching the model to
 eager would slow every layer. Instead we register one attention function with transformers'
-AttentionInterface. A layer we were asked to watch computes its scores once, records them (with
+AttentionInterface. A layer whose scores we were asked for computes them once, records them (with
 autograd, so a student learns through them) and attends with them: scores -> masked softmax -> dropout
--> @V, eager attention's arithmetic. Every other layer runs the regular sdpa kernel. Outputs equal
-sdpa's up to float rounding.
+-> @V, eager attention's arithmetic, with the scale applied to Q (L x d) rather than to the (L x L)
+scores. Every other layer runs the regular sdpa kernel. Outputs equal sdpa's up to float rounding.
+A forward's k-th attention call is layer k, which also holds for ALBERT's one shared layer.
 
 The recorded scores carry no mask: padding is excluded by the losses through the attention mask.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 
 import torch
 from torch import nn
@@ -25,25 +27,24 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from pipeline.errors import ModelError
 
 CAPTURE_IMPLEMENTATION = "tinydistill_capture"
-_RECORDER_ATTRIBUTE = "_tinydistill_score_recorder"
-_QKV_RECORDER_ATTRIBUTE = "_tinydistill_qkv_recorder"
+# The recorder of the model whose forward is running (teacher and student forwards never nest).
+_ACTIVE_RECORDER: ContextVar[_LayerRecorder | None] = ContextVar("tinydistill_score_recorder", default=None)
 
 
 def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    record_qkv = getattr(module, _QKV_RECORDER_ATTRIBUTE, None)
-    if record_qkv is not None:
-        record_qkv(query, key, value)
-    record = getattr(module, _RECORDER_ATTRIBUTE, None)
-    if record is None or key.shape[1] != query.shape[1]:  # unwatched (or grouped-query) layers: plain sdpa
-        if record is not None:
-            record(torch.matmul(query, key.transpose(-1, -2)) * _scale(query, scaling))
+    recorder = _ACTIVE_RECORDER.get()
+    layer = recorder.next_layer() if recorder is not None else None
+    if layer is not None and layer in recorder.qkv_layers:
+        recorder.qkv[layer] = (query, key, value)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    wants_scores = layer is not None and layer in recorder.score_layers
+    if not wants_scores or key.shape[1] != query.shape[1]:  # unwatched (or grouped-query) layers: plain sdpa
+        if wants_scores:
+            recorder.scores[layer] = torch.matmul(query, key.transpose(-1, -2)) * scale
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    # A watched layer computes its scores once and attends with them (eager attention), instead of sdpa
-    # plus a second QK^T: one (B, H, L, L) matmul fewer, and the scale is applied to Q (L x d), not to
-    # the (L x L) scores.
-    scores = torch.matmul(query * _scale(query, scaling), key.transpose(-1, -2))
-    record(scores)
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    recorder.scores[layer] = scores
     if attention_mask is None:
         masked = scores
     elif attention_mask.dtype == torch.bool:
@@ -55,74 +56,78 @@ def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
 
-def _scale(query: torch.Tensor, scaling: float | None) -> float:
-    return scaling if scaling is not None else query.shape[-1] ** -0.5
-
-
 # Registration is idempotent and only adds a name; models opt in through `capture_attention_scores`.
 AttentionInterface.register(CAPTURE_IMPLEMENTATION, _recording_sdpa_attention)
 AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
 
 
-def self_attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention module of each Transformer layer, in order (BERT-like encoders)."""
-    base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None:
-        raise ModelError(
-            f"{type(model).__name__}: cannot find encoder.layer; attention capture supports BERT-like encoders"
-        )
-    found = []
-    for index, layer in enumerate(layers, start=1):
-        candidates = [m for m in layer.modules() if type(m).__name__.endswith("SelfAttention")]
-        if not candidates:
-            raise ModelError(f"{type(model).__name__}: layer {index} has no *SelfAttention module to capture")
-        found.append(candidates[0])
-    return found
+class _LayerRecorder:
+    """Counts a forward's attention calls: the k-th is layer k, in BERT-like encoders and in ALBERT, whose
+    one shared layer runs once per depth."""
+
+    def __init__(self, score_layers: set[int], qkv_layers: set[int], scores: dict, qkv: dict):
+        self.score_layers, self.qkv_layers, self.scores, self.qkv, self.calls = score_layers, qkv_layers, scores, qkv, 0
+
+    def next_layer(self) -> int:
+        self.calls += 1
+        return self.calls
 
 
 @contextmanager
 def capture_attention_scores(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block, every forward of `model` fills the yielded dict: layer (1-based) -> (B, H, L, L).
 
-    The dict is overwritten by each forward. On exit the model's attention implementation and
-    modules are restored.
+    The dict is overwritten by each forward. With no layers nothing changes in the model. On exit the
+    model's attention implementation is restored and its hooks removed. A forward that makes another
+    number of attention calls than the model has layers is refused (its scores would be misattributed).
     """
-    with _recording(model, layers, _RECORDER_ATTRIBUTE, "attention") as found:
-        yield found
+    with _capturing(model, layers, (), "attention") as (scores, _):
+        yield scores
 
 
 @contextmanager
 def capture_qkv(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, tuple[torch.Tensor, ...]]]:
     """Like `capture_attention_scores`, but records each chosen layer's (query, key, value), each
-    (B, H, L, d), as its own projections made them (MiniLMv2's relations); those layers keep sdpa."""
-    with _recording(model, layers, _QKV_RECORDER_ATTRIBUTE, "queries, keys and values") as found:
-        yield found
+    (B, H, L, d), as its own projections made them (MiniLMv2's relations); every layer keeps sdpa."""
+    with _capturing(model, (), layers, "queries, keys and values") as (_, qkv):
+        yield qkv
 
 
 @contextmanager
-def _recording(model: nn.Module, layers: Sequence[int], attribute: str, what: str):
-    modules = self_attention_modules(model)
-    found: dict[int, object] = {}
-    for layer in layers:
-        if not 1 <= layer <= len(modules):
-            raise ModelError(f"cannot capture {what} of layer {layer}: the model has {len(modules)} layers")
+def _capturing(model: nn.Module, score_layers: Sequence[int], qkv_layers: Sequence[int], what: str):
+    scores: dict[int, torch.Tensor] = {}
+    qkv: dict[int, tuple[torch.Tensor, ...]] = {}
+    if not score_layers and not qkv_layers:  # nothing to record (e.g. loss.attention 0): the model is untouched
+        yield scores, qkv
+        return
+    depth = model.config.num_hidden_layers
+    for layer in (*score_layers, *qkv_layers):
+        if not 1 <= layer <= depth:
+            raise ModelError(f"cannot capture {what} of layer {layer}: the model has {depth} layers")
+    running: list[tuple[_LayerRecorder, Token]] = []
+
+    def start(module, args):
+        recorder = _LayerRecorder(set(score_layers), set(qkv_layers), scores, qkv)
+        running.append((recorder, _ACTIVE_RECORDER.set(recorder)))
+
+    def check(module, args, output):
+        recorder = running[-1][0]
+        if recorder.calls != depth:
+            raise ModelError(
+                f"{type(model).__name__}: {recorder.calls} attention calls went through transformers' "
+                f"AttentionInterface for {depth} layers; its attention cannot be recorded"
+            )
+
+    def stop(module, args, output):
+        _ACTIVE_RECORDER.reset(running.pop()[1])
+
+    hooks = [model.register_forward_pre_hook(start), model.register_forward_hook(check),
+             model.register_forward_hook(stop, always_call=True)]
     previous = model.config._attn_implementation
-    for layer in set(layers):
-        setattr(modules[layer - 1], attribute, _make_recorder(found, layer))
     model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
     try:
-        yield found
+        yield scores, qkv
     finally:
-        for module in modules:
-            if hasattr(module, attribute):
-                delattr(module, attribute)
-        if not any(hasattr(m, a) for m in modules for a in (_RECORDER_ATTRIBUTE, _QKV_RECORDER_ATTRIBUTE)):
-            model.set_attn_implementation(previous)
-
-
-def _make_recorder(found: dict, layer: int):
-    def record(*tensors: torch.Tensor) -> None:
-        found[layer] = tensors[0] if len(tensors) == 1 else tensors
-
-    return record
+        for hook in hooks:
+            hook.remove()
+        model.set_attn_implementation(previous)

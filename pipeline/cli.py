@@ -2,12 +2,12 @@
 
     tinydistill general configs/general_tinybert4_zh.yaml train.lr=1e-4 --resume
     tinydistill export runs/quickstart/task runs/student_onnx --int8 --task-config configs/task_tnews_zh.yaml
-    tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4
+    tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4 output_dir=runs/aug/shard0
     tinydistill prepare-zh-data data/zh --max-train 2000
     tinydistill build-vocab runs/vocab_zh data/zh_corpus/*.txt --min-count 2
     tinydistill prepare-corpus data/wiki_zh --tokenizer bert-base-chinese --output data/wiki_zh_128 --num-proc 8
 
-Stage commands take a YAML config plus dotted overrides. Problems a user can fix (`TinyDistillError`)
+Stage commands take a YAML config plus dotted overrides, before or after the flags. Problems a user can fix (`TinyDistillError`)
 are printed as one line on stderr with exit code 2; nothing else is caught.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,18 +73,33 @@ STAGE_COMMANDS = {
 }
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key.sub=value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinydistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tinydistill {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, spec in STAGE_COMMANDS.items():
-        sub = commands.add_parser(name, help=spec.help, description=spec.help)
+        usage = f"tinydistill {name} CONFIG [key.sub=value ...] [--overwrite]"
+        usage += " [--resume[=CHECKPOINT]]" if spec.resume_key else ""
+        usage += " [--shard I/N]" if spec.shardable else ""
+        sub = commands.add_parser(
+            name, help=spec.help, description=spec.help, usage=usage,
+            epilog=f"Overrides (key.sub=value) and flags may come in any order. Config reference: the "
+                   f"dataclass {spec.module}.{spec.config_class} (every key, its default and its checks; "
+                   f"python -m pydoc {spec.module}), the README section on `{name}`, and the examples in "
+                   "configs/.",
+        )
         sub.add_argument("config", type=Path, help="YAML config file")
-        sub.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+        # Overrides are collected from the words argparse does not know (see parse_args), so they may
+        # follow a flag; a positional nargs="*" would stop at the first flag.
         sub.add_argument("--overwrite", action="store_true", help="replace a finished output directory")
         if spec.resume_key:
             sub.add_argument(
                 "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                help="resume from the latest checkpoint in the output directory, or from CHECKPOINT",
+                help="resume from the latest checkpoint in the output directory, or from CHECKPOINT "
+                     "(--resume=CHECKPOINT); a key.sub=value after --resume stays an override",
             )
         if spec.shardable:
             sub.add_argument("--shard", default=None, metavar="I/N", help="build only shard I of N")
@@ -163,16 +179,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; a stage command's `key.sub=value` overrides may sit anywhere after it."""
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `--resume key=value`: the bare flag (auto) followed by an override, not a checkpoint path.
+    words = [("--resume=auto" if word == "--resume" and i + 1 < len(words) and _OVERRIDE.match(words[i + 1])
+              else word) for i, word in enumerate(words)]
+    args, extra = parser.parse_known_args(words)
+    if args.command in STAGE_COMMANDS:
+        unknown = [word for word in extra if word.startswith("-")]
+        args.overrides = [word for word in extra if not word.startswith("-")]
+    else:
+        unknown = extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tinydistill")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         result = _dispatch(args)
     except TinyDistillError as err:
         print(f"tinydistill {args.command}: error: {err}", file=sys.stderr)
+        _leave_process_group()
         return 2
     if result is not None:
         print(result)
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, every rank that stops on an input error leaves the process group cleanly, so the
+    job ends with the one-line message and exit code 2, not an abort from gloo/NCCL threads at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _dispatch(args: argparse.Namespace):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import DataError
+from pipeline.hub import split_revision
 
 _BUILDERS = {
     ".csv": ("csv", {}),
@@ -16,9 +17,12 @@ _BUILDERS = {
 }
 
 
-def load_input(path: str, format: str, split: str, name: str | None, cache_dir: Path):
-    """A `datasets.Dataset` from a local file, a `save_to_disk` folder, or a hub id (memory-mapped)."""
+def load_input(path: str, format: str, split: str, name: str | None, cache_dir: Path | None = None):
+    """A `datasets.Dataset` from a local file, a `save_to_disk` folder, or a hub id (`org/name@revision`
+    pins a revision), memory-mapped. `cache_dir` None: the standard HF_DATASETS_CACHE."""
     import datasets
+
+    cache = str(cache_dir) if cache_dir is not None else None
 
     local = Path(path)
     try:
@@ -37,10 +41,11 @@ def load_input(path: str, format: str, split: str, name: str | None, cache_dir: 
             if local.stat().st_size == 0:
                 raise DataError(f"input.path: {path} is empty (no examples)")
             return datasets.load_dataset(
-                builder, data_files=str(local), split="train", cache_dir=str(cache_dir), **kwargs
+                builder, data_files=str(local), split="train", cache_dir=cache, **kwargs
             )
         if format in ("auto", "hub") and not path.startswith((".", "/", "~")):
-            return datasets.load_dataset(path, name, split=split, cache_dir=str(cache_dir))
+            hub_id, revision = split_revision(path)
+            return datasets.load_dataset(hub_id, name, split=split, cache_dir=cache, revision=revision)
     except DataError:
         raise
     except ValueError as err:

@@ -7,7 +7,7 @@ stays outside, frozen.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 from pipeline.layer_map import LayerMap, build_layer_map, middle_layer
 from pipeline.losses import attention_kl, attention_mse, average_heads, hidden_mse
+from pipeline.models import forward_input_names
 from pipeline.projections import Projections
 from pipeline.schema import IntermediateLossConfig, MappingConfig
 
@@ -27,29 +28,16 @@ class StudentWithProjections(nn.Module):
         super().__init__()
         self.student = student
         self.projections = projections
+        self.inputs = forward_input_names(student)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> dict[int, torch.Tensor]:
-        outputs = self.student(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            output_hidden_states=True,
-        )
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        outputs = self.student(**{k: v for k, v in given.items() if k in self.inputs}, output_hidden_states=True)
         hidden = outputs.hidden_states
         projected = {0: self.projections.project_embeddings(hidden[0])}
         for layer in self.projections.student_layers:
             projected[layer] = self.projections.project_hidden(layer, hidden[layer])
         return projected
-
-
-def freeze_outside_encoder(model: nn.Module) -> list[str]:
-    """Stop gradients to parameters the intermediate losses never reach (pooler, task heads), so DDP
-    does not wait for them. Returns the frozen names."""
-    frozen = []
-    for name, param in model.named_parameters():
-        dotted = f".{name}"
-        if ".embeddings." not in dotted and ".encoder." not in dotted:
-            param.requires_grad_(False)
-            frozen.append(name)
-    return frozen
 
 
 def intermediate_layer_map(mapping: MappingConfig, loss: IntermediateLossConfig, teacher_depth: int,
@@ -69,21 +57,49 @@ def intermediate_layer_map(mapping: MappingConfig, loss: IntermediateLossConfig,
     return build_layer_map(teacher_depth, student_depth, None, pairs, embeddings=False)
 
 
-def freeze_unreached(model: StudentWithProjections, layer_map: LayerMap, loss: IntermediateLossConfig) -> list[str]:
-    """Stop gradients to what no intermediate term reaches: student layers above the deepest mapped
-    one (FitNets trains only up to its guided layer) and W_e when the embedding term is off. Their
-    weights stay as they are, and DDP does not wait for gradients that never come. Returns the names."""
-    deepest = max(layer_map.student_layers, default=0)
+def freeze_unreached(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor]) -> list[str]:
+    """Stop gradients to every trainable parameter that no loss term reaches, and return their names.
+
+    Which ones autograd says: `loss_of(model)` (the stage's loss on a probe batch, in eval mode, so no
+    dropout draws) and the parameters it does not depend on. With a term off these are, e.g., W_h and
+    the top mapped layer's value, output and FFN weights (attention only), the layers above the deepest
+    mapped one (FitNets), or W_e. DDP fails on the step after a trainable parameter got no gradient, and
+    frozen weights simply stay as they are.
+    """
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    was_training = model.training
+    model.eval()
+    try:
+        loss = loss_of(model)
+    finally:
+        model.train(was_training)
+    grads = torch.autograd.grad(loss, [param for _, param in trainable], allow_unused=True)
     frozen = []
-    for name, param in model.named_parameters():
-        layer = re.search(r"(?:^|\.)encoder\.layer\.(\d+)\.", name)  # 0-based: student layer m is m - 1
-        above = layer is not None and int(layer.group(1)) >= deepest
-        no_embedding_term = name.startswith("projections.embedding.") and not (loss.embedding > 0 and
-                                                                            layer_map.embeddings)
-        if param.requires_grad and (above or no_embedding_term):
+    for (name, param), grad in zip(trainable, grads):
+        if grad is None:
             param.requires_grad_(False)
             frozen.append(name)
     return frozen
+
+
+def probe_batch(tokenizer, device) -> dict[str, torch.Tensor]:
+    """A one-row batch of real token ids, one segment (RoBERTa-style models have a single token type)."""
+    encoded = tokenizer("distillation probe", return_tensors="pt")
+    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+             "token_type_ids": torch.zeros_like(encoded["input_ids"])}
+    return {name: value.to(device) for name, value in batch.items()}
+
+
+def scored_layers(layer_map: LayerMap, loss: IntermediateLossConfig) -> tuple[list[int], list[int]]:
+    """(teacher layers, student layers) whose attention scores a term needs: none when loss.attention is 0."""
+    if loss.attention > 0 and layer_map.pairs:
+        return layer_map.teacher_layers, layer_map.student_layers
+    return [], []
+
+
+def hidden_projection_layers(layer_map: LayerMap, loss: IntermediateLossConfig) -> list[int]:
+    """The student layers that get a W_h: the mapped ones when the hidden term is on, else none."""
+    return layer_map.student_layers if loss.hidden > 0 else []
 
 
 @torch.no_grad()
@@ -93,10 +109,7 @@ def teacher_features(teacher: nn.Module, batch: dict[str, torch.Tensor], capture
     no_grad rather than inference_mode: the KL loss keeps teacher probabilities for backward, and
     autograd refuses to save inference tensors.
     """
-    outputs = teacher(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        token_type_ids=batch.get("token_type_ids"), output_hidden_states=True,
-    )
+    outputs = teacher(**{k: batch[k] for k in forward_input_names(teacher) if k in batch}, output_hidden_states=True)
     return outputs.hidden_states, dict(captured)
 
 

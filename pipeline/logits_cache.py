@@ -7,14 +7,19 @@ misses the cache and is recomputed; a hit runs no teacher forward at all. An ens
 teacher under its own key and attaches one column per teacher (`column="teacher_logits_1"`, ...).
 
     cache_dir/<key>/logits/      save_to_disk dataset, one `teacher_logits` column, rows in order
-    cache_dir/<key>/meta.json    teacher, fingerprints, rows, task type (written last)
+    cache_dir/<key>/meta.json    teacher, fingerprints, rows
+    cache_dir/.<key>.lock        held while a run builds the entry (in .<key>.tmp-XXXX, then renamed)
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +50,9 @@ def with_teacher_logits(accelerator, dataset, teacher: torch.nn.Module, teacher_
                         column: str = "teacher_logits"):
     """`dataset` plus the teacher's logits as `column`, from the cache or computed (sharded) and cached.
 
+    Runs that share a cache directory (a learning-rate sweep) may build the same entry at once: the
+    main process of each holds a lock on the key while it builds, so one run computes and the others
+    then read its entry. An entry is built in a temp folder of its own and appears by one rename.
     The cache entry always stores the column as `teacher_logits`, so one teacher's entry serves it
     alone and as any member of an ensemble."""
     import datasets
@@ -52,15 +60,18 @@ def with_teacher_logits(accelerator, dataset, teacher: torch.nn.Module, teacher_
     root = Path(cache_dir).expanduser()
     teacher_fp = model_fingerprint(teacher)
     data_fp = dataset_fingerprint(dataset)
-    entry = root / cache_key(teacher_fp, data_fp)
-    if not (entry / "meta.json").is_file():
-        _compute(accelerator, dataset, teacher, entry, batch_size, pad_id, log)
-        if accelerator.is_main_process:
-            write_json(entry / "meta.json", {"teacher": teacher_name, "teacher_fingerprint": teacher_fp,
-                                             "data_fingerprint": data_fp, "rows": len(dataset)})
-        accelerator.wait_for_everyone()
-    else:
+    key = cache_key(teacher_fp, data_fp)
+    entry = root / key
+    if _published(entry):
         log(f"teacher logits: cache hit {entry}")
+    else:
+        with _key_lock(accelerator, root / f".{key}.lock"):
+            if _published(entry):  # another run built it while this one waited
+                log(f"teacher logits: cache hit {entry} (built by another run)")
+            else:
+                _compute(accelerator, dataset, teacher, entry, batch_size, pad_id, log,
+                         {"teacher": teacher_name, "teacher_fingerprint": teacher_fp, "data_fingerprint": data_fp,
+                          "rows": len(dataset)})
     meta = read_json(entry / "meta.json")
     logits = datasets.load_from_disk(str(entry / "logits"))
     if column != "teacher_logits":
@@ -70,37 +81,73 @@ def with_teacher_logits(accelerator, dataset, teacher: torch.nn.Module, teacher_
     return datasets.concatenate_datasets([dataset, logits], axis=1), entry
 
 
-def _compute(accelerator, dataset, teacher, entry: Path, batch_size: int, pad_id: int, log) -> None:
-    """Each rank scores its contiguous shard; the main process joins the shards into one column."""
+def _published(entry: Path) -> bool:
+    return (entry / "meta.json").is_file()
+
+
+@contextmanager
+def _key_lock(accelerator, path: Path) -> Iterator[None]:
+    """An exclusive lock on one cache key, held by the main process while every rank works under it."""
+    handle = None
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, or by the OS if the process dies
+    accelerator.wait_for_everyone()
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _compute(accelerator, dataset, teacher, entry: Path, batch_size: int, pad_id: int, log, meta: dict) -> None:
+    """Each rank scores its contiguous shard and saves it as Arrow; the main process joins the shards into
+    one column in a temp folder of its own, writes meta.json there, and renames the folder into place."""
     import datasets
+    from accelerate.utils import broadcast_object_list
 
     from pipeline.dataset_files import shard_range
 
-    parts = entry.with_name(f".{entry.name}.parts")
+    work = [None]
     if accelerator.is_main_process:
-        parts.mkdir(parents=True, exist_ok=True)
+        work = [tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.tmp-")]
         log(f"teacher logits: computing for {len(dataset)} rows into {entry}")
-    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        work = broadcast_object_list(work)
+    work_dir = Path(work[0])
     rows = shard_range(len(dataset), accelerator.process_index, accelerator.num_processes)
     shard = dataset.select(rows)
-    logits = predict_logits(teacher, shard, batch_size, pad_id, accelerator.device) if len(shard) else []
-    torch.save([np.asarray(x, dtype=np.float32) for x in logits], parts / f"rank{accelerator.process_index}.pt")
+    if len(shard):
+        logits = predict_logits(teacher, shard, batch_size, pad_id, accelerator.device)
+        _logits_dataset(logits).save_to_disk(str(work_dir / "parts" / f"rank{accelerator.process_index:05d}"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        joined = []
-        for rank in range(accelerator.num_processes):
-            joined.extend(torch.load(parts / f"rank{rank}.pt", weights_only=False))
-        feature = datasets.Sequence(datasets.Value("float32"))
-        if joined and joined[0].ndim == 2:
-            feature = datasets.Sequence(feature)
-        column = datasets.Dataset.from_dict({"teacher_logits": [x.tolist() for x in joined]},
-                                            features=datasets.Features({"teacher_logits": feature}))
-        temp = entry.with_name(f".{entry.name}.tmp")
-        if temp.exists():
-            shutil.rmtree(temp)
-        column.save_to_disk(str(temp / "logits"))
-        if entry.exists():
+        parts = [datasets.load_from_disk(str(part)) for part in sorted((work_dir / "parts").iterdir())]
+        datasets.concatenate_datasets(parts).save_to_disk(str(work_dir / "logits"))
+        del parts
+        shutil.rmtree(work_dir / "parts")
+        write_json(work_dir / "meta.json", meta)
+        if entry.exists():  # a folder without meta.json: left by an interrupted build of an old version
             shutil.rmtree(entry)
-        temp.rename(entry)
-        shutil.rmtree(parts, ignore_errors=True)
+        os.rename(work_dir, entry)
     accelerator.wait_for_everyone()
+
+
+def _logits_dataset(logits: list[np.ndarray]):
+    """A `teacher_logits` column straight from the arrays (Arrow list offsets, no per-float Python objects):
+    a list of floats per row (sequence tasks), or a list of per-token lists (token tasks)."""
+    import datasets
+    import pyarrow as pa
+
+    values = pa.array(np.concatenate([np.asarray(x, dtype=np.float32).reshape(-1) for x in logits]))
+    lengths = np.array([len(x) for x in logits])
+    column = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32()), values)
+    feature = datasets.Sequence(datasets.Value("float32"))
+    if logits[0].ndim == 2:
+        width = logits[0].shape[1]
+        per_token = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, width), pa.int32()), values)
+        column = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32()), per_token)
+        feature = datasets.Sequence(feature)
+    table = pa.table({"teacher_logits": column})
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=datasets.Features({"teacher_logits": feature})))

@@ -9,11 +9,9 @@ and any teacher shape fits any student shape, as long as R divides both widths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.losses import relation_kl
@@ -65,20 +63,3 @@ def relation_terms(student_qkv, teacher_qkv, token_mask: torch.Tensor, cfg: Mini
              for name, s, t in zip(RELATIONS, student_qkv, teacher_qkv) if getattr(cfg, name) > 0}
     terms["loss"] = sum(getattr(cfg, name) * value for name, value in terms.items())
     return terms
-
-
-def freeze_unreached_by(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor]) -> list[str]:
-    """Freeze the trainable parameters that one backward pass of `loss_of(model)` leaves without a
-    gradient (for MiniLMv2: the last layer after its value projection), so DDP never waits for them.
-    The pass runs in eval mode (no dropout draws, so the RNG stays as a resumed run expects)."""
-    was_training = model.training
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    loss_of(model).backward()
-    frozen = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    for name, param in model.named_parameters():
-        if name in frozen:
-            param.requires_grad_(False)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return frozen

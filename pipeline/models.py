@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -14,7 +15,15 @@ from transformers import (
     PreTrainedModel,
 )
 
+from pipeline.architectures import (
+    dropout_keys,
+    layer_pattern,
+    positions_note,
+    student_sizes,
+    usable_positions,
+)
 from pipeline.errors import ModelError
+from pipeline.hub import split_revision
 from pipeline.schema import StudentConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,27 +45,32 @@ def check_model_source(name_or_path: str, role: str, markers: tuple[str, ...] = 
 
 
 def load_model_config(name_or_path: str, role: str) -> PretrainedConfig:
-    check_model_source(name_or_path, role)
+    """The config of a local model folder or a hub id (`org/name@revision` pins a revision)."""
+    source, revision = split_revision(name_or_path)
+    check_model_source(source, role)
     try:
-        return AutoConfig.from_pretrained(name_or_path)
+        return AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
 
 
 def load_tokenizer(name_or_path: str, role: str = "tokenizer"):
     """The tokenizer of a saved model, or a tokenizer saved alone (e.g. by `tinydistill build-vocab`)."""
-    check_model_source(name_or_path, role, markers=("config.json", "tokenizer_config.json"))
+    source, revision = split_revision(name_or_path)
+    check_model_source(source, role, markers=("config.json", "tokenizer_config.json"))
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load the {role} of {name_or_path!r}: {_first_line(err)}") from None
 
 
 def load_pretrained(model_class, name_or_path: str, role: str, dtype: torch.dtype | None = None, **kwargs):
     """`model_class.from_pretrained` with sdpa attention and a one-line error on failure."""
-    check_model_source(name_or_path, role)
+    source, revision = split_revision(name_or_path)
+    check_model_source(source, role)
     try:
-        return model_class.from_pretrained(name_or_path, attn_implementation="sdpa", dtype=dtype, **kwargs)
+        return model_class.from_pretrained(source, attn_implementation="sdpa", dtype=dtype, revision=revision,
+                                           **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
 
@@ -95,7 +109,7 @@ def build_student(cfg: StudentConfig, teacher_config: PretrainedConfig, teacher_
         student = _student_from_teacher_layers(cfg, teacher_config, teacher_source, model_class, config_overrides)
     else:
         student_config = teacher_config.__class__.from_dict(teacher_config.to_dict())
-        for key, value in {**cfg.sizes(), **config_overrides}.items():
+        for key, value in {**student_sizes(teacher_config, cfg.sizes()), **config_overrides}.items():
             setattr(student_config, key, value)
         _apply_dropout(student_config, cfg.dropout)
         student_config._attn_implementation = "sdpa"
@@ -130,6 +144,7 @@ def _student_from_teacher_layers(cfg, teacher_config, teacher_source, model_clas
                 f"student.{name}: init teacher_layers copies the teacher's width, so {name} must equal "
                 f"the teacher's {getattr(teacher_config, name)} (got {wanted})"
             )
+    layer = layer_pattern(teacher_config, "teacher")
     teacher = load_pretrained(model_class, teacher_source, "teacher", dtype=torch.float32, **config_overrides)
     student_config = teacher.config.__class__.from_dict(teacher.config.to_dict())
     student_config.num_hidden_layers = len(layers)
@@ -138,17 +153,15 @@ def _student_from_teacher_layers(cfg, teacher_config, teacher_source, model_clas
     state = teacher.state_dict()
     renamed = {}
     for key, value in state.items():
-        parts = key.split(".")
-        if "layer" in parts:
-            at = parts.index("layer")
-            if at + 1 < len(parts) and parts[at + 1].isdigit() and parts[at - 1] == "encoder":
-                teacher_index = int(parts[at + 1]) + 1
-                if teacher_index not in layers:
-                    continue
-                parts[at + 1] = str(layers.index(teacher_index))
-        renamed[".".join(parts)] = value
+        found = layer.search(key)
+        if found:
+            teacher_index = int(found.group(1)) + 1
+            if teacher_index not in layers:
+                continue
+            key = f"{key[:found.start(1)]}{layers.index(teacher_index)}{key[found.end(1):]}"
+        renamed[key] = value
     missing, _unexpected = student.load_state_dict(renamed, strict=False)
-    encoder_missing = [k for k in missing if ".encoder." in f".{k}"]
+    encoder_missing = [k for k in missing if layer.search(k)]
     if encoder_missing:
         raise ModelError(f"copying teacher layers left encoder weights unset, e.g. {encoder_missing[0]}")
     return student
@@ -157,7 +170,7 @@ def _student_from_teacher_layers(cfg, teacher_config, teacher_source, model_clas
 def _apply_dropout(config: PretrainedConfig, dropout: float | None) -> None:
     if dropout is None:
         return
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+    for name in dropout_keys(config):
         if hasattr(config, name):
             setattr(config, name, dropout)
 
@@ -177,13 +190,25 @@ def check_teacher_student_fit(teacher_config: PretrainedConfig, student_config: 
             "counts; set loss.attention_heads: average (head-averaged maps) or loss.attention: 0"
         )
     for role, config in (("teacher", teacher_config), ("student", student_config)):
-        limit = getattr(config, "max_position_embeddings", None)
+        limit = usable_positions(config)
         if limit is not None and max_seq_len > limit:
-            raise ModelError(f"max_seq_len {max_seq_len} exceeds the {role}'s max_position_embeddings {limit}")
+            raise ModelError(f"max_seq_len {max_seq_len} exceeds the {role}'s {positions_note(config)}")
+
+
+def forward_input_names(model: torch.nn.Module) -> set[str]:
+    """The batch keys a model's forward takes: DistilBERT, for one, has no token_type_ids."""
+    return {name for name in ("input_ids", "attention_mask", "token_type_ids")
+            if name in inspect.signature(model.forward).parameters}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(config: PretrainedConfig, model_class=AutoModel) -> int:
+    """The parameters of `model_class` built from `config`, counted without allocating its weights."""
+    with torch.device("meta"):
+        return count_parameters(model_class.from_config(config))
 
 
 def _first_line(err: Exception) -> str:

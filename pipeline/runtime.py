@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available, set_seed
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import (
+    GradientAccumulationPlugin,
+    is_mps_available,
+    is_npu_available,
+    is_xpu_available,
+    set_seed,
+)
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -22,19 +29,45 @@ from pipeline.checkpoints import checkpoint_paths, finalize_checkpoint, read_jso
 from pipeline.schema import TrainConfig
 
 
-def make_accelerator(train: TrainConfig, output_dir: str | Path) -> Accelerator:
+def make_accelerator(train: TrainConfig, output_dir: str | Path) -> tuple[Accelerator, TrainConfig]:
+    """A fresh Accelerator for one training run, and `train` with the settings as they apply.
+
+    `mixed_precision` and `grad_accum` left unset (null) in the YAML are the launcher's
+    (`accelerate launch --mixed_precision bf16`, `ACCELERATE_MIXED_PRECISION`,
+    `ACCELERATE_GRADIENT_ACCUMULATION_STEPS`), else no and 1; a value the YAML sets wins.
+    """
+    # Accelerate keeps one AcceleratorState per process and refuses a second with another precision;
+    # each run (and each step of `task`) gets its own, over the same process group (PartialState).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     # Accelerate forms a multi-process CPU world (gloo) under torchrun only when told it is on CPU.
+    # A plugin fixes the accumulation; without one Accelerate reads ACCELERATE_GRADIENT_ACCUMULATION_STEPS.
+    accumulation = GradientAccumulationPlugin(num_steps=train.grad_accum) if train.grad_accum else None
     accelerator = Accelerator(
         cpu=not has_accelerator_device(),
         mixed_precision=train.mixed_precision,
-        gradient_accumulation_steps=train.grad_accum,
+        gradient_accumulation_plugin=accumulation,
         log_with="tensorboard" if train.tensorboard else None,
         project_dir=str(output_dir),
     )
     set_seed(train.seed, device_specific=False)
     if accelerator.device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats made CPU backward passes several times slower
-    return accelerator
+    effective = replace(train, mixed_precision=accelerator.mixed_precision,
+                        grad_accum=accelerator.gradient_accumulation_steps)
+    return accelerator, effective
+
+
+def run_facts(train: TrainConfig, accelerator: Accelerator) -> dict:
+    """The settings a run actually trains under, for its header in train_log.jsonl."""
+    return {"processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+            "grad_accum": accelerator.gradient_accumulation_steps, "seed": train.seed,
+            "effective_batch": train.batch_size * accelerator.num_processes * accelerator.gradient_accumulation_steps}
+
+
+def process_state() -> PartialState:
+    """The process group alone (rank, device, barriers), for work around the training runs."""
+    return PartialState(cpu=not has_accelerator_device())
 
 
 def has_accelerator_device() -> bool:

@@ -40,6 +40,13 @@ class StudentConfig:
             raise ConfigError("student.checkpoint: only used when student.init is 'checkpoint'")
         if self.copy_teacher_layers is not None and self.init != "teacher_layers":
             raise ConfigError("student.copy_teacher_layers: only used when student.init is 'teacher_layers'")
+        if self.init != "config" and self.preset not in (None, StudentConfig.preset):
+            raise ConfigError(f"student.preset: only used when student.init is 'config' (got {self.preset})")
+        if self.init == "checkpoint":
+            for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"student.{name}: a checkpoint student keeps its own sizes; remove it "
+                                      "(or use student.init: config)")
         for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -127,7 +134,8 @@ class IntermediateLossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and runtime. `batch_size` is per process; the effective batch is
-    batch_size * processes * grad_accum."""
+    batch_size * processes * grad_accum. `mixed_precision` and `grad_accum` left unset are the
+    launcher's (`accelerate launch --mixed_precision bf16`), else no and 1; set here, they win."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -136,11 +144,11 @@ class TrainConfig:
     schedule: Literal["linear", "constant"] = "linear"
     warmup_ratio: float = 0.1
     batch_size: int = 32
-    grad_accum: int = 1
+    grad_accum: int | None = None
     max_steps: int | None = None
     epochs: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 42
     log_every: int = 10
@@ -151,6 +159,11 @@ class TrainConfig:
     progress_bar: bool = True
     group_by_length: bool = False  # task data only: batches of similar-length rows (less padding)
 
+    def without_teacher(self, section: str = "train") -> None:
+        """Refuse teacher settings in a stage that has no teacher (finetune, pretrain)."""
+        if self.teacher_dtype != "float32":
+            raise ConfigError(f"{section}.teacher_dtype: this stage has no teacher; remove it")
+
     def corpus_only(self, section: str = "train") -> None:
         """Refuse options that mean nothing on a packed corpus stream (stage one, pretraining)."""
         if self.group_by_length:
@@ -160,7 +173,7 @@ class TrainConfig:
     def __post_init__(self):
         positive = ("batch_size", "grad_accum", "epochs", "log_every", "save_every", "keep_checkpoints")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"train.max_steps: must be >= 1, got {self.max_steps}")

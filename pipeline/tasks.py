@@ -10,7 +10,6 @@ Shared by `finetune` (teacher fine-tuning), `task` (task distillation) and `eval
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -77,9 +76,8 @@ def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
     if where is None:
         raise ConfigError(f"task.{split}: not set")
     source, split_name = (cfg.dataset, where) if cfg.dataset else (where, "train")
-    cache = Path(tempfile.gettempdir()) / "tinydistill-datasets-cache"
     try:
-        dataset = load_input(source, cfg.format, split_name, cfg.name, cache)
+        dataset = load_input(source, cfg.format, split_name, cfg.name)  # the standard HF_DATASETS_CACHE
     except DataError as err:  # name the task key, not the loader's generic one
         message = str(err)
         for generic in ("input.path: ", "input.format: ", "input.split: "):
@@ -356,7 +354,10 @@ def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list
     Rows are batched by length (shortest first) so little compute goes to padding, then put back in
     dataset order.
     """
+    from pipeline.models import forward_input_names
+
     model.eval()
+    inputs = forward_input_names(model)
     lengths = [len(ids) for ids in dataset["input_ids"]]
     order = np.argsort(np.asarray(lengths), kind="stable").tolist()
     results: list[np.ndarray | None] = [None] * len(dataset)
@@ -364,8 +365,7 @@ def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list
         indices = order[start: start + batch_size]
         rows = dataset.select(indices).to_list()
         batch = collate(rows, pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       token_type_ids=batch["token_type_ids"].to(device)).logits.float().cpu().numpy()
+        logits = model(**{k: batch[k].to(device) for k in inputs}).logits.float().cpu().numpy()
         for i, (index, row) in enumerate(zip(indices, rows)):
             results[index] = logits[i, : len(row["input_ids"])] if logits.ndim == 3 else logits[i]
     return results
@@ -407,10 +407,12 @@ def dataset_fingerprint(dataset, columns: tuple[str, ...] = ("input_ids", "token
 
 
 def check_seq_len(cfg: TaskConfig, *model_configs) -> None:
+    from pipeline.architectures import positions_note, usable_positions
+
     for config in model_configs:
-        limit = getattr(config, "max_position_embeddings", None)
+        limit = usable_positions(config)
         if limit is not None and cfg.max_seq_len > limit:
-            raise ModelError(f"task.max_seq_len {cfg.max_seq_len} exceeds max_position_embeddings {limit}")
+            raise ModelError(f"task.max_seq_len {cfg.max_seq_len} exceeds {positions_note(config)}")
 
 
 def tokenize_splits(cfg: TaskConfig, tokenizer, label_names: list[str] | None, raw: dict) -> dict:

@@ -29,6 +29,7 @@ from pipeline.runtime import (
     build_scheduler,
     load_checkpoint,
     mean_across_processes,
+    run_facts,
     save_checkpoint,
 )
 from pipeline.schema import TrainConfig
@@ -102,8 +103,7 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
     eval_every = (evaluation.every or eval_every or total_steps) if evaluation else None
 
     log = RunLog(accelerator, output_dir, total_steps, state.step, train.progress_bar, description)
-    log.header({**header, "processes": accelerator.num_processes, "steps": total_steps,
-                "effective_batch": train.batch_size * accelerator.num_processes * train.grad_accum,
+    log.header({**header, **run_facts(train, accelerator), "steps": total_steps,
                 "resumed_from": str(resume) if resume else None})
     batches = batches_from(state)
     while state.step < total_steps:

@@ -94,7 +94,7 @@ class BiLSTMConfig:
 def run_bilstm(cfg: BiLSTMConfig) -> Path:
     """Distil the fine-tuned `cfg.teacher` into a BiLSTM for `cfg.task`; returns the output directory."""
     train = cfg.train if cfg.resume_from is None else replace(cfg.train, resume_from=cfg.resume_from)
-    accelerator = make_accelerator(train, cfg.output_dir)
+    accelerator, train = make_accelerator(train, cfg.output_dir)
     # Inputs are checked before anything is written: teacher, label map, columns, vectors.
     task = cfg.task
     teacher_config = load_model_config(cfg.teacher, "teacher")

@@ -17,7 +17,13 @@ import torch
 from pipeline.checkpoints import mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
 from pipeline.losses import hard_cross_entropy, logits_mse
-from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
+from pipeline.models import (
+    count_parameters,
+    forward_input_names,
+    load_model_config,
+    load_pretrained,
+    load_tokenizer,
+)
 from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
 from pipeline.tasks import (
@@ -43,10 +49,13 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     overwrite: bool = False
 
+    def __post_init__(self):
+        self.train.without_teacher()
+
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune `cfg.model` on `cfg.task`; returns the output directory."""
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     tokenizer = load_tokenizer(cfg.model, "model tokenizer")
     check_seq_len(cfg.task, load_model_config(cfg.model, "model"))
     raw = {"train": load_task_split(cfg.task, "train"),
@@ -56,7 +65,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     data = tokenize_splits(cfg.task, tokenizer, label_names, raw)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
@@ -64,9 +73,10 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                             **label_maps(label_names))
     task_type = cfg.task.type
 
+    inputs = forward_input_names(model)
+
     def compute_terms(model, batch, progress):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"]).logits
+        logits = model(**{k: batch[k] for k in inputs}).logits
         if task_type == "regression":
             loss = logits_mse(logits, batch["labels"].float().reshape(-1, 1))
         else:
@@ -81,7 +91,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                                 accelerator.device, cfg.eval_every, save_model)
     header = {"task": task_type, "labels": label_names, "train_rows": len(data["train"]),
               "parameters": count_parameters(model)}
-    model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, cfg.train, output_dir,
+    model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, train, output_dir,
                                       tokenizer.pad_token_id, "fine-tuning", header, evaluation)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

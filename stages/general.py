@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForMaskedLM
 
+from pipeline.architectures import architecture_of
 from pipeline.capture import capture_attention_scores, capture_qkv
 from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
@@ -36,15 +37,17 @@ from pipeline.corpus import open_training_corpus
 from pipeline.errors import ConfigError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
-    freeze_outside_encoder,
     freeze_unreached,
+    hidden_projection_layers,
     intermediate_layer_map,
     intermediate_loss_terms,
+    probe_batch,
+    scored_layers,
     teacher_features,
 )
 from pipeline.losses import hidden_cosine, masked_lm_loss, soft_target_kl
 from pipeline.masking import IGNORE_INDEX, masked_batches
-from pipeline.minilm import MiniLMv2Config, check_relation_shapes, freeze_unreached_by, relation_terms
+from pipeline.minilm import MiniLMv2Config, check_relation_shapes, relation_terms
 from pipeline.models import (
     build_student,
     check_teacher_student_fit,
@@ -125,38 +128,40 @@ def run_general(cfg: GeneralConfig) -> Path:
 
 
 def _run_tinybert(cfg: GeneralConfig) -> Path:
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the teacher is loaded.
     teacher_config = load_model_config(cfg.teacher, "teacher")
+    architecture_of(teacher_config, "teacher")  # layer-wise losses need an architecture tried that way
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     student = build_student(cfg.student, teacher_config, cfg.teacher)
+    architecture_of(student.config, "student")
     check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
                               cfg.corpus.max_seq_len)
     layer_map = intermediate_layer_map(cfg.mapping, cfg.loss, teacher_config.num_hidden_layers,
                                        student.config.num_hidden_layers)
-    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "teacher")
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
-    teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)
+    teacher = load_teacher(cfg.teacher, train.teacher_dtype).to(accelerator.device)
     previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
     projections = build_projections(student.config.hidden_size, teacher_config.hidden_size,
-                                    layer_map.student_layers, cfg.loss.projection, previous)
-    freeze_outside_encoder(student)
-    model = StudentWithProjections(student, projections)
-    freeze_unreached(model, layer_map, cfg.loss)
+                                    hidden_projection_layers(layer_map, cfg.loss), cfg.loss.projection, previous)
+    model = StudentWithProjections(student, projections).to(accelerator.device)
     header = {
         "mapping (student->teacher)": layer_map.describe(),
         "teacher_params": count_parameters(teacher),
         "student_params": count_parameters(student),
         "projection_params": count_parameters(projections),
+        "teacher_dtype": train.teacher_dtype,
         **corpus.describe(),
     }
-    with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
-            capture_attention_scores(student, layer_map.student_layers) as student_captured:
+    teacher_layers, student_layers = scored_layers(layer_map, cfg.loss)
+    with capture_attention_scores(teacher, teacher_layers) as teacher_captured, \
+            capture_attention_scores(student, student_layers) as student_captured:
 
         def compute_terms(model, batch, progress):
             teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
@@ -164,10 +169,13 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
             return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
                                            layer_map, cfg.loss, batch["attention_mask"])
 
+        probe = probe_batch(tokenizer, accelerator.device)
+        frozen = freeze_unreached(model, lambda model: compute_terms(model, probe, 0.0)["loss"])
+        header["frozen_params"] = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
         model, state, log = train_model(
             accelerator, model,
             corpus.batches_from,
-            compute_terms, cfg.train, output_dir, total_steps, "general distillation", header)
+            compute_terms, train, output_dir, total_steps, "general distillation", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
     _save_student(accelerator, model, tokenizer, output_dir, state)
@@ -175,14 +183,14 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
 
 
 def _run_distilbert(cfg: GeneralConfig) -> Path:
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the output directory is made.
     teacher_config = load_model_config(cfg.teacher, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     if tokenizer.mask_token_id is None:
         raise ModelError(f"teacher tokenizer {cfg.teacher!r} has no mask token; objective distilbert needs one")
-    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "teacher")
-    teacher = load_masked_lm_teacher(cfg.teacher, cfg.train.teacher_dtype)
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
+    teacher = load_masked_lm_teacher(cfg.teacher, train.teacher_dtype)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=AutoModelForMaskedLM)
     check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
     widths = (student.config.hidden_size, teacher_config.hidden_size)
@@ -194,7 +202,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         )
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
@@ -203,7 +211,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
 
     def batches_from(state: TrainState):
         batches = corpus.batches_from(state)
-        return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
+        return masked_batches(batches, state.step, train.grad_accum, train.seed, accelerator.process_index,
                               tokenizer, weights.mlm_probability, weights.whole_word_masking)
 
     def compute_terms(model, batch, progress):
@@ -236,7 +244,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         "whole_word_masking": weights.whole_word_masking,
         **corpus.describe(),
     }
-    model, state, log = train_model(accelerator, student, batches_from, compute_terms, cfg.train, output_dir,
+    model, state, log = train_model(accelerator, student, batches_from, compute_terms, train, output_dir,
                                     total_steps, "general distillation (distilbert)", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
@@ -251,24 +259,25 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
 
 
 def _run_minilmv2(cfg: GeneralConfig) -> Path:
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the output directory is made.
     teacher_config = load_model_config(cfg.teacher, "teacher")
+    architecture_of(teacher_config, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     student = build_student(cfg.student, teacher_config, cfg.teacher)
+    architecture_of(student.config, "student")
     check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
     teacher_layer = check_relation_shapes(cfg.minilmv2, teacher_config, student.config)
     student_layer = student.config.num_hidden_layers
-    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "teacher")
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
-    teacher = load_teacher(cfg.teacher, cfg.train.teacher_dtype).to(accelerator.device)
+    teacher = load_teacher(cfg.teacher, train.teacher_dtype).to(accelerator.device)
     student.to(accelerator.device)
-    freeze_outside_encoder(student)
     header = {"objective": "minilmv2", "relations (student->teacher layer)": f"{student_layer}->{teacher_layer}",
               "relation_heads": cfg.minilmv2.relation_heads,
               "weights (qq, kk, vv)": [cfg.minilmv2.qq, cfg.minilmv2.kk, cfg.minilmv2.vv],
@@ -284,13 +293,10 @@ def _run_minilmv2(cfg: GeneralConfig) -> Path:
             return relation_terms(student_qkv[student_layer], teacher_qkv[teacher_layer], batch["attention_mask"],
                                   cfg.minilmv2)
 
-        probe = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]])
-        probe_batch = {"input_ids": probe, "attention_mask": torch.ones_like(probe),
-                       "token_type_ids": torch.zeros_like(probe)}
-        header["frozen (no relation reaches them)"] = len(freeze_unreached_by(
-            student, lambda model: compute_terms(model, {k: v.to(accelerator.device) for k, v in probe_batch.items()},
-                                                 0.0)["loss"]))
-        model, state, log = train_model(accelerator, student, corpus.batches_from, compute_terms, cfg.train,
+        probe = probe_batch(tokenizer, accelerator.device)
+        frozen = freeze_unreached(student, lambda model: compute_terms(model, probe, 0.0)["loss"])
+        header["frozen_params"] = sum(p.numel() for n, p in student.named_parameters() if n in frozen)
+        model, state, log = train_model(accelerator, student, corpus.batches_from, compute_terms, train,
                                         output_dir, total_steps, "general distillation (minilmv2)", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()

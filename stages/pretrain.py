@@ -82,6 +82,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         self.train.corpus_only()
+        self.train.without_teacher()
         if not 0.0 < self.mlm_probability <= 1.0:
             raise ConfigError(f"mlm_probability: must be in (0, 1], got {self.mlm_probability}")
         limit = self.model.max_position_embeddings
@@ -92,22 +93,22 @@ class PretrainConfig:
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
     """Pretrain a masked LM on `cfg.corpus`; returns the output directory."""
-    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    accelerator, train = make_accelerator(cfg.train, cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the output directory is made.
     tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
     if tokenizer.mask_token_id is None:
         raise ModelError(f"tokenizer {cfg.tokenizer!r} has no mask token; masked-LM pretraining needs one")
-    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, cfg.train, "tokenizer")
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "tokenizer")
     model = build_masked_lm(cfg.model, len(tokenizer), cfg.corpus.max_seq_len)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, cfg.overwrite, cfg.train.resume_from)
+        prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
 
     def batches_from(state: TrainState):
         batches = corpus.batches_from(state)
-        return masked_batches(batches, state.step, cfg.train.grad_accum, cfg.train.seed, accelerator.process_index,
+        return masked_batches(batches, state.step, train.grad_accum, train.seed, accelerator.process_index,
                               tokenizer, cfg.mlm_probability, cfg.whole_word_masking)
 
     def compute_terms(model, batch, progress):
@@ -119,7 +120,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     header = {"model_params": count_parameters(model), "vocab_size": len(tokenizer),
               "mlm_probability": cfg.mlm_probability, "whole_word_masking": cfg.whole_word_masking,
               **corpus.describe()}
-    model, state, log = train_model(accelerator, model, batches_from, compute_terms, cfg.train, output_dir,
+    model, state, log = train_model(accelerator, model, batches_from, compute_terms, train, output_dir,
                                     total_steps, "mlm pretraining", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()

@@ -20,18 +20,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from pipeline.architectures import architecture_of
 from pipeline.capture import capture_attention_scores
 from pipeline.checkpoints import FINISHED_MARKER, mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.intermediate import (
     StudentWithProjections,
-    freeze_outside_encoder,
     freeze_unreached,
+    hidden_projection_layers,
     intermediate_layer_map,
     intermediate_loss_terms,
+    probe_batch,
+    scored_layers,
     teacher_features,
 )
 from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
@@ -39,14 +43,16 @@ from pipeline.models import (
     build_student,
     check_teacher_student_fit,
     count_parameters,
+    forward_input_names,
     load_model_config,
     load_pretrained,
     load_teacher,
     load_tokenizer,
+    parameter_count,
 )
 from pipeline.prediction import PredictionLossConfig, prediction_terms
 from pipeline.projections import Projections, build_projections
-from pipeline.runtime import make_accelerator
+from pipeline.runtime import make_accelerator, process_state
 from pipeline.schema import IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 from pipeline.tasks import (
     TaskConfig,
@@ -122,10 +128,15 @@ class TaskDistillConfig:
 
 def run_task(cfg: TaskDistillConfig) -> Path:
     """Distil the fine-tuned `cfg.teacher` into a student for `cfg.task`; returns the output directory."""
-    accelerator = make_accelerator(cfg.prediction.train if cfg.prediction.enabled else cfg.intermediate.train,
-                                   cfg.output_dir)
+    # The run itself only needs the process group; each step trains under its own Accelerator, built
+    # from its own train section (precision, accumulation, seed, teacher dtype).
+    accelerator = process_state()
+    set_seed((cfg.intermediate.train if cfg.intermediate.enabled else cfg.prediction.train).seed,
+             device_specific=False)  # the student's random init: the seed of the step that first trains it
     # Inputs are checked before anything is written: models, label maps, columns, sequence lengths.
     teacher_config = load_model_config(cfg.teacher, "teacher")
+    if cfg.intermediate.enabled:  # layer-wise losses need an architecture tried that way
+        architecture_of(teacher_config, "teacher")
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     task = cfg.task
     raw_train = load_task_split(task, "train")
@@ -137,6 +148,8 @@ def run_task(cfg: TaskDistillConfig) -> Path:
     student_model_class = model_class_for(task.type)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=student_model_class,
                             **label_maps(label_names))
+    if cfg.intermediate.enabled:
+        architecture_of(student.config, "student")
     check_teacher_student_fit(teacher_config, student.config, cfg.intermediate.loss.attention,
                               cfg.intermediate.loss.attention_heads, task.max_seq_len)
     layer_map = intermediate_layer_map(cfg.mapping, cfg.intermediate.loss, teacher_config.num_hidden_layers,
@@ -153,21 +166,18 @@ def run_task(cfg: TaskDistillConfig) -> Path:
         _prepare(output_dir, cfg)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
-    teacher = load_teacher(cfg.teacher, cfg.prediction.train.teacher_dtype, student_model_class)
-    teacher.to(accelerator.device)
     pad_id = tokenizer.pad_token_id
 
     if cfg.intermediate.enabled:
         step_dir = output_dir / INTERMEDIATE_DIR
         if not (step_dir / FINISHED_MARKER).is_file():
-            _intermediate_step(accelerator, cfg, teacher, student, layer_map, transfer, step_dir, tokenizer)
+            _intermediate_step(cfg, student, layer_map, transfer, step_dir, tokenizer)
         student = load_pretrained(student_model_class, str(step_dir), "step-1 student", dtype=torch.float32)
 
     if cfg.prediction.enabled:
         step_dir = output_dir / PREDICTION_DIR
         if not (step_dir / FINISHED_MARKER).is_file():
-            _prediction_step(accelerator, cfg, teacher, student, transfer, data, label_names, label_orders, step_dir,
-                             tokenizer)
+            _prediction_step(cfg, student, transfer, data, label_names, label_orders, step_dir, tokenizer)
         student = load_pretrained(student_model_class, str(step_dir), "step-2 student", dtype=torch.float32)
 
     accelerator.wait_for_everyone()
@@ -178,35 +188,39 @@ def run_task(cfg: TaskDistillConfig) -> Path:
                                accelerator.device)
         write_json(output_dir / "metrics.json", metrics)
         mark_finished(output_dir, {"stage": "task", "student_params": count_parameters(student),
-                                   "teacher_params": count_parameters(teacher), **metrics})
+                                   "teacher_params": parameter_count(teacher_config, student_model_class),
+                                   **metrics})
     accelerator.wait_for_everyone()
     return output_dir
 
 
-def _intermediate_step(accelerator, cfg: TaskDistillConfig, teacher, student, layer_map, transfer, step_dir: Path,
-                       tokenizer) -> None:
-    train = _with_resume(cfg.intermediate.train, cfg.resume_from)
+def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, step_dir: Path, tokenizer) -> None:
+    accelerator, train = make_accelerator(_with_resume(cfg.intermediate.train, cfg.resume_from), step_dir)
     if accelerator.is_main_process:
         prepare_output_dir(step_dir, False, train.resume_from)
     accelerator.wait_for_everyone()
+    teacher = load_teacher(cfg.teacher, train.teacher_dtype, model_class_for(cfg.task.type)).to(accelerator.device)
     previous = Projections.load(cfg.student.checkpoint) if cfg.student.init == "checkpoint" else None
     projections = build_projections(student.config.hidden_size, teacher.config.hidden_size,
-                                    layer_map.student_layers, cfg.intermediate.loss.projection, previous)
-    freeze_outside_encoder(student)
-    model = StudentWithProjections(student, projections)
-    freeze_unreached(model, layer_map, cfg.intermediate.loss)
-    header = {"step": "1/2 intermediate", "mapping (student->teacher)": layer_map.describe(),
+                                    hidden_projection_layers(layer_map, cfg.intermediate.loss),
+                                    cfg.intermediate.loss.projection, previous)
+    model = StudentWithProjections(student, projections).to(accelerator.device)
+    header = {"step": "1/2 intermediate", "teacher_dtype": train.teacher_dtype,
+              "mapping (student->teacher)": layer_map.describe(),
               "transfer_rows": len(transfer), "student_params": count_parameters(student)}
-    with capture_attention_scores(teacher, layer_map.teacher_layers) as teacher_captured, \
-            capture_attention_scores(student, layer_map.student_layers) as student_captured:
+    teacher_layers, student_layers = scored_layers(layer_map, cfg.intermediate.loss)
+    with capture_attention_scores(teacher, teacher_layers) as teacher_captured, \
+            capture_attention_scores(student, student_layers) as student_captured:
 
         def compute_terms(model, batch, progress):
             teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
-            projected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              token_type_ids=batch["token_type_ids"])
+            projected = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
             return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
                                            layer_map, cfg.intermediate.loss, batch["attention_mask"])
 
+        probe = probe_batch(tokenizer, accelerator.device)
+        frozen = freeze_unreached(model, lambda model: compute_terms(model, probe, 0.0)["loss"])
+        header["frozen_params"] = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
         model, state = train_on_task_data(accelerator, model, transfer, compute_terms, train, step_dir,
                                           tokenizer.pad_token_id, "task distillation 1/2 (intermediate)", header)
     accelerator.wait_for_everyone()
@@ -236,10 +250,10 @@ def _check_ensemble_teachers(cfg: TaskDistillConfig, tokenizer, label_names: lis
     return orders
 
 
-def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, transfer, data, label_names,
-                     label_orders: list, step_dir: Path, tokenizer) -> None:
+def _prediction_step(cfg: TaskDistillConfig, student, transfer, data, label_names, label_orders: list,
+                     step_dir: Path, tokenizer) -> None:
     step = cfg.prediction
-    train = _with_resume(step.train, cfg.resume_from)
+    accelerator, train = make_accelerator(_with_resume(step.train, cfg.resume_from), step_dir)
     if accelerator.is_main_process:
         prepare_output_dir(step_dir, False, train.resume_from)
     accelerator.wait_for_everyone()
@@ -249,7 +263,7 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
     columns = [f"teacher_logits_{k}" for k in range(len(sources))]
     live_teachers = []
     for k, source in enumerate(sources):  # extra teachers are loaded one at a time when cached
-        member = teacher if k == 0 else load_teacher(source, step.train.teacher_dtype, model_class_for(task_type))
+        member = load_teacher(source, train.teacher_dtype, model_class_for(task_type))
         if step.cache_teacher_logits:
             transfer, _ = with_teacher_logits(accelerator, transfer, member.to(accelerator.device), source,
                                               cfg.cache_dir, cfg.eval_batch_size, pad_id, log=tqdm.write,
@@ -257,6 +271,7 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
         else:
             live_teachers.append(member.to(accelerator.device))
     student.requires_grad_(True)
+    student_inputs = forward_input_names(student)
 
     def teacher_logits(batch, inputs) -> list[torch.Tensor]:
         """Every teacher's logits for the batch, in the first teacher's label order."""
@@ -268,7 +283,7 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
         return [z if order is None else z[..., order] for z, order in zip(logits, label_orders)]
 
     def compute_terms(model, batch, progress):
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: batch[k] for k in student_inputs}
         student_logits = model(**inputs).logits
         return prediction_terms(student_logits, teacher_logits(batch, inputs), batch.get("labels"), task_type,
                                 step.loss, progress, batch["attention_mask"])
@@ -279,7 +294,7 @@ def _prediction_step(accelerator, cfg: TaskDistillConfig, teacher, student, tran
 
     evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, pad_id, accelerator.device,
                                 step.eval_every, save_model)
-    header = {"step": "2/2 prediction", "loss": step.loss.kind if task_type != "regression" else "mse",
+    header = {"step": "2/2 prediction", "teacher_dtype": train.teacher_dtype, "loss": step.loss.kind if task_type != "regression" else "mse",
               "temperature": step.loss.temperature, "teacher_logits": "live" if live_teachers else "cached",
               "teachers": len(sources), "transfer_rows": len(transfer)}
     if len(sources) > 1:

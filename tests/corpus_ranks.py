@@ -24,6 +24,7 @@ def main(corpus_json: str, tokenizer: str, out: str, batches: int) -> None:
         corpus, _ = open_training_corpus(cfg, load_tokenizer(tokenizer), accelerator, train, "teacher")
     except DataError as err:
         (out / f"rank{rank}.error").write_text(str(err))
+        accelerator.end_training()  # what the CLI's exit does: leave the process group cleanly
         return
     seen: dict[int, list] = {}
     iterator = corpus.batches_from(TrainState())

@@ -6,7 +6,7 @@ import torch
 import transformers.integrations.sdpa_attention as sdpa_module
 from transformers import AutoModel
 
-from pipeline.capture import capture_attention_scores, self_attention_modules
+from pipeline.capture import capture_attention_scores
 from pipeline.intermediate import intermediate_loss_terms, teacher_features
 from pipeline.layer_map import LayerMap
 from pipeline.losses import attention_pair_mask
@@ -25,7 +25,7 @@ def test_captured_scores_equal_manual_qk_over_sqrt_d(teacher_dir):
     batch = _batch()
     with torch.no_grad(), capture_attention_scores(model, [2]) as captured:
         outputs = model(**batch, output_hidden_states=True)
-    attention = self_attention_modules(model)[1]
+    attention = model.encoder.layer[1].attention.self
     hidden = outputs.hidden_states[1]  # the input of layer 2
     heads, width = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
 
@@ -88,7 +88,7 @@ def test_captured_student_scores_carry_gradients(teacher_dir):
     with capture_attention_scores(model, [4]) as captured:
         model(**_batch())
     captured[4].sum().backward()
-    query_weight = self_attention_modules(model)[3].query.weight
+    query_weight = model.encoder.layer[3].attention.self.query.weight
     assert query_weight.grad is not None and query_weight.grad.abs().sum() > 0
 
 

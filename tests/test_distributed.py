@@ -1,5 +1,6 @@
 """`torchrun --nproc_per_node 2` (gloo, CPU) trains the same student as one process with the doubled batch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -104,3 +105,21 @@ def test_two_process_task_distillation_matches_one_process(tmp_path):
     actual = load_file(tmp_path / "two" / "model.safetensors")
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("zero", ["embedding", "hidden", "attention"])
+def test_two_processes_train_with_a_loss_weight_at_zero(zero, teacher_dir, tmp_path):
+    """DDP fails on the step after one where a trainable parameter got no gradient: with a term off,
+    what no remaining term reaches (W_h, the top layer's value and FFN weights) must be frozen."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CHINESE_SENTENCES * 4) + "\n", encoding="utf-8")
+    config = general_config(teacher_dir, corpus, tmp_path / "run", loss={zero: 0.0},
+                            train={"batch_size": 2, "max_steps": 3, "save_every": 100, "log_every": 1})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29565",
+             "-m", "pipeline.cli", "general", str(path)], tmp_path)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+             if '"step"' in line and '"event"' not in line]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(zero not in s for s in steps)

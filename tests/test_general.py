@@ -288,21 +288,50 @@ def test_fitnets_stage_one_logs_only_the_hidden_term(teacher_dir, corpus_file, t
 def test_layers_above_the_guided_one_and_an_unused_embedding_regressor_are_frozen():
     from transformers import BertConfig, BertModel
 
-    from pipeline.intermediate import StudentWithProjections, freeze_unreached, intermediate_layer_map
+    from pipeline.intermediate import (
+        StudentWithProjections,
+        freeze_unreached,
+        hidden_projection_layers,
+        intermediate_layer_map,
+        intermediate_loss_terms,
+        scored_layers,
+    )
     from pipeline.projections import build_projections
     from pipeline.schema import IntermediateLossConfig, MappingConfig
 
-    loss = IntermediateLossConfig(preset="fitnets")
-    def model_for(layer_map):
+    torch.manual_seed(0)
+    teacher = BertModel(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                                   intermediate_size=16))
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+
+    def frozen_for(loss):
+        from pipeline.capture import capture_attention_scores
+
+        layer_map = intermediate_layer_map(MappingConfig(), loss, 4, 4)
         student = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=4, num_attention_heads=2,
                                        intermediate_size=16))
-        return StudentWithProjections(student, build_projections(8, 16, layer_map.student_layers, "linear", None))
+        model = StudentWithProjections(student, build_projections(8, 16, hidden_projection_layers(layer_map, loss),
+                                                                  "linear", None))
+        teacher_layers, student_layers = scored_layers(layer_map, loss)
+        with capture_attention_scores(teacher, teacher_layers) as t_scores, \
+                capture_attention_scores(student, student_layers) as s_scores:
+            def loss_of(model):
+                with torch.no_grad():
+                    t_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+                projected = model(**batch)
+                return intermediate_loss_terms(projected, dict(s_scores), t_hidden, dict(t_scores), layer_map,
+                                               loss, batch["attention_mask"])["loss"]
+            return freeze_unreached(model, loss_of)
 
-    layer_map = intermediate_layer_map(MappingConfig(), loss, 4, 4)  # guided pair 2 -> 2
-    model = model_for(layer_map)
-    frozen = freeze_unreached(model, layer_map, loss)
+    frozen = frozen_for(IntermediateLossConfig(preset="fitnets"))  # guided pair 2 -> 2
     assert {n.split(".")[3] for n in frozen if ".encoder.layer." in n} == {"2", "3"}  # student layers 3 and 4
     assert {n for n in frozen if n.startswith("projections.")} == {"projections.embedding.weight",
                                                                    "projections.embedding.bias"}
-    uniform = intermediate_layer_map(MappingConfig(), IntermediateLossConfig(), 4, 4)
-    assert freeze_unreached(model_for(uniform), uniform, IntermediateLossConfig()) == []  # TinyBERT's map reaches everything
+    # TinyBERT's map reaches everything but the pooler (no term reads it).
+    assert {n.split(".")[1] for n in frozen_for(IntermediateLossConfig())} == {"pooler"}
+    # Attention only: no W_h is built, and the top layer's value, output and FFN weights are frozen.
+    frozen = frozen_for(IntermediateLossConfig(embedding=0.0, hidden=0.0))
+    top = {n.split(".", 4)[4] for n in frozen if ".encoder.layer.3." in n}
+    assert not any(".encoder.layer.2." in n for n in frozen) and "projections.hidden" not in " ".join(frozen)
+    assert "attention.self.value.weight" in top and "output.dense.weight" in top
+    assert not {"attention.self.query.weight", "attention.self.key.weight"} & top

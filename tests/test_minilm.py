@@ -87,7 +87,7 @@ def test_minilmv2_run_with_other_heads_and_widths_lowers_every_relation(wide_tea
         first, last = sum(s[term] for s in steps[:3]) / 3, sum(s[term] for s in steps[-3:]) / 3
         assert last < 0.8 * first, term
     header = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
-    assert header["relations (student->teacher layer)"] == "2->3" and header["frozen (no relation reaches them)"] > 0
+    assert header["relations (student->teacher layer)"] == "2->3" and header["frozen_params"] > 0
     assert not (out / "projections.safetensors").exists()
     from transformers import AutoModel
 

@@ -5,7 +5,14 @@ import pytest
 from conftest import save_tokenizer
 
 from pipeline.errors import DataError
-from pipeline.qa import best_answers, check_answers, mixed_segmentation, qa_metrics, qa_windows, squad_normalize
+from pipeline.qa import (
+    best_answers,
+    check_answers,
+    mixed_segmentation,
+    qa_metrics,
+    qa_windows,
+    squad_normalize,
+)
 
 
 def test_squad_normalisation_and_scores_by_hand():

@@ -73,6 +73,11 @@ def task_config(teacher: Path, files: dict, out: Path, **overrides) -> dict:
     return config
 
 
+def _start_event(directory: Path) -> dict:
+    events = [json.loads(line) for line in (directory / "train_log.jsonl").read_text().splitlines()]
+    return next(e for e in events if e.get("event") == "start")
+
+
 def test_finetune_stores_the_label_map_and_dev_metrics(fine_tuned_teacher):
     model = AutoModelForSequenceClassification.from_pretrained(fine_tuned_teacher)
     assert model.config.id2label == {0: "neg", 1: "pos"}
@@ -111,9 +116,9 @@ def test_two_step_distillation_saves_a_loadable_student_with_the_label_map(fine_
     calls = _count_teacher_forwards(monkeypatch)
     out = tmp_path / "student"
     run_task(from_dict(TaskDistillConfig, task_config(fine_tuned_teacher, sentiment_files, out)))
-    # Step 1 runs the teacher on each of its 4 batches; step 2 computes the cache in one batch of 64
-    # (32 rows), then trains without the teacher.
-    assert calls[0] == 4 + 1
+    # Step 1 runs the teacher once on a probe batch (to find what no loss term reaches) and on each of
+    # its 4 batches; step 2 computes the cache in one batch of 64 (32 rows), then trains without the teacher.
+    assert calls[0] == 1 + 4 + 1
     student = AutoModelForSequenceClassification.from_pretrained(out)
     assert student.config.id2label == {0: "neg", 1: "pos"} and student.config.num_hidden_layers == 2
     assert (out / "tinydistill_run.json").is_file() and (out / "intermediate" / "projections.safetensors").is_file()
@@ -130,6 +135,22 @@ def test_two_step_distillation_saves_a_loadable_student_with_the_label_map(fine_
     run_task(from_dict(TaskDistillConfig, task_config(fine_tuned_teacher, sentiment_files, again,
                                                       intermediate={"enabled": False})))
     assert calls[0] == 0
+
+
+def test_each_task_step_runs_under_its_own_train_settings(fine_tuned_teacher, sentiment_files, tmp_path):
+    out = tmp_path / "student"
+    step1 = quiet_train(max_steps=2, grad_accum=2, batch_size=4, mixed_precision="bf16", teacher_dtype="bfloat16",
+                        seed=7)
+    step2 = quiet_train(max_steps=2, grad_accum=1, mixed_precision="no", teacher_dtype="float32", seed=11)
+    run_task(from_dict(TaskDistillConfig, task_config(fine_tuned_teacher, sentiment_files, out,
+                                                      intermediate={"train": step1},
+                                                      prediction={"train": step2, "eval_every": 2})))
+    first, second = _start_event(out / "intermediate"), _start_event(out / "prediction")
+    assert (first["mixed_precision"], first["grad_accum"], first["seed"], first["teacher_dtype"]) == \
+        ("bf16", 2, 7, "bfloat16")
+    assert first["effective_batch"] == 8
+    assert (second["mixed_precision"], second["grad_accum"], second["seed"], second["teacher_dtype"]) == \
+        ("no", 1, 11, "float32")
 
 
 def test_cached_and_live_teacher_logits_train_the_same_student(fine_tuned_teacher, sentiment_files, tmp_path):

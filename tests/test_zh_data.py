@@ -240,7 +240,7 @@ def test_mrc_qa_set_asks_each_entity_type_of_each_ner_sentence(tmp_path):
         for sentence, rows in zip(ner, (qa[i : i + 3] for i in range(0, len(qa), 3))):
             assert {r["context"] for r in rows} == {"".join(sentence["tokens"])}
             assert [r["question"] for r in rows] == list(MRC_QUERIES.values())
-            persons = [r for r in rows if r["question"] == MRC_QUERIES["PER"]][0]["answers"]["text"]
+            persons = next(r for r in rows if r["question"] == MRC_QUERIES["PER"])["answers"]["text"]
             assert len(persons) == sum(tag == "B-PER" for tag in sentence["tags"])
     stats = json.loads((tmp_path / "zh" / "qa" / "stats.json").read_text(encoding="utf-8"))
     assert 0 < stats["splits"]["train"]["unanswerable"] < stats["splits"]["train"]["examples"]

@@ -69,11 +69,12 @@ class TrainingCorpus:
                     "set it, or run `tinydistill prepare-corpus` for exact epochs"
                 )
             return train.max_steps
-        per_epoch = self.prepared.batches_per_epoch // train.grad_accum
+        accumulation = train.grad_accum or 1  # unset: the launcher's, already applied in a stage's `train`
+        per_epoch = self.prepared.batches_per_epoch // accumulation
         if per_epoch == 0:
             raise DataError(
                 f"corpus {self.cfg.path} holds {self.prepared.sequences} sequences, fewer than one step of "
-                f"batch_size {train.batch_size} x {self.prepared.world_size} processes x grad_accum {train.grad_accum}"
+                f"batch_size {train.batch_size} x {self.prepared.world_size} processes x grad_accum {accumulation}"
             )
         return train.max_steps or per_epoch * train.epochs
 
@@ -82,6 +83,8 @@ class TrainingCorpus:
         rank failing while the others wait in all-reduce."""
         problem = self.stream.check_has_data() if self.stream is not None else None
         flags = accelerator.gather(torch.tensor([problem is not None], device=accelerator.device))
+        if flags.any():
+            accelerator.wait_for_everyone()  # every rank has the flags before any leaves the collective
         if problem:
             raise DataError(problem)
         short = [rank for rank, flag in enumerate(flags.tolist()) if flag]
@@ -101,6 +104,6 @@ class TrainingCorpus:
         if self.prepared is not None:
             manifest = self.prepared.manifest
             return {"corpus": "prepared", "sequences": manifest["sequences"], "tokens": manifest["tokens"],
-                    "steps_per_epoch": self.prepared.batches_per_epoch // self.train.grad_accum}
+                    "steps_per_epoch": self.prepared.batches_per_epoch // (self.train.grad_accum or 1)}
         return {"corpus": "streamed", "num_workers": self.cfg.num_workers, "packing": self.cfg.packing,
                 "block_lines": self.stream.corpus.block_lines}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import DataError
+from pipeline.hub import split_revision
 from pipeline.schema import CorpusConfig
 
 TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -136,7 +137,9 @@ class DatasetsSource:
         cfg = self.cfg
         try:
             if self.fmt == "hub":
-                stream = load_dataset(cfg.path, cfg.hub_config, split=cfg.hub_split, streaming=True)
+                hub_id, revision = split_revision(cfg.path)
+                stream = load_dataset(hub_id, cfg.hub_config, split=cfg.hub_split, streaming=True,
+                                      revision=revision)
             else:
                 delimiter = {"delimiter": "\t"} if self.files[0].endswith(".tsv") else {}
                 stream = load_dataset(self.fmt, data_files=self.files, split="train", streaming=True, **delimiter)

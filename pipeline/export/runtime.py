@@ -49,8 +49,13 @@ class OnnxModel:
                 for name in self.input_names}
         return torch.from_numpy(self.session.run([self.output_name], feed)[0]).float()
 
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> OnnxOutput:
+        """The PyTorch-style signature, which `forward_input_names` reads to choose the batch keys."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return OnnxOutput(self.run({k: v for k, v in batch.items() if v is not None}))
+
     def __call__(self, **batch) -> OnnxOutput:
-        return OnnxOutput(self.run(batch))
+        return self.forward(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch})
 
     def eval(self) -> OnnxModel:
         return self
