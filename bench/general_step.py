@@ -89,37 +89,22 @@ def run_ours(args) -> dict:
         optimizer.step()
         optimizer.zero_grad()
 
-    with capture_attention_scores(teacher, layer_map.teacher_layers) as t_scores, \
-            capture_attention_scores(student, layer_map.student_layers) as s_scores:
-        def full_step():
-            with autocast(args):
-                teacher_hidden, teacher_captured = teacher_features(teacher, batch, t_scores)
-                projected = model(**batch)
-                terms = intermediate_loss_terms(projected, dict(s_scores), teacher_hidden, teacher_captured,
-                                                layer_map, loss_cfg, batch["attention_mask"])
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad()
+    def full_step():
+        # the capture contexts are entered per step, so that the ideal step between runs the plain models
+        with capture_attention_scores(teacher, layer_map.teacher_layers) as t_scores, \
+                capture_attention_scores(student, layer_map.student_layers) as s_scores, autocast(args):
+            teacher_hidden, teacher_captured = teacher_features(teacher, batch, t_scores)
+            projected = model(**batch)
+            terms = intermediate_loss_terms(projected, dict(s_scores), teacher_hidden, teacher_captured,
+                                            layer_map, loss_cfg, batch["attention_mask"])
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
 
-        part_a, part_b = timed_interleaved([ideal_step_outside(ideal_step, teacher, student), full_step], args)
-        profile = top_operators(full_step, args)
+    part_a, part_b = timed_interleaved([ideal_step, full_step], args)
+    profile = top_operators(full_step, args)
     return {"a_ideal_s": part_a, "b_step_s": part_b, "peak_mb": peak_memory_mb(args), "profile": profile}
-
-
-def ideal_step_outside(step, *models):
-    """The ideal step runs the plain models: outside the capture context, as nothing is captured there."""
-    def run():
-        previous = [m.config._attn_implementation for m in models]
-        for m in models:
-            m.set_attn_implementation("sdpa")
-        try:
-            step()
-        finally:
-            for m, name in zip(models, previous):
-                m.set_attn_implementation(name)
-
-    return run
 
 
 def autocast(args):
