@@ -248,13 +248,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
                                     total_steps, "general distillation (distilbert)", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
-        mark_finished(output_dir, {"stage": "general", "objective": "distilbert", "steps": state.step,
-                                   "tokens_seen": state.tokens_seen})
-    accelerator.wait_for_everyone()
+    _save_model(accelerator, model, tokenizer, output_dir, state, "distilbert")
     return output_dir
 
 
@@ -300,14 +294,19 @@ def _run_minilmv2(cfg: GeneralConfig) -> Path:
                                         output_dir, total_steps, "general distillation (minilmv2)", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
+    _save_model(accelerator, model, tokenizer, output_dir, state, "minilmv2")
+    return output_dir
+
+
+def _save_model(accelerator, model, tokenizer, output_dir: Path, state: TrainState, objective: str) -> None:
+    """The student alone (no projections) with the tokenizer, then the finished marker."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
-        mark_finished(output_dir, {"stage": "general", "objective": "minilmv2", "steps": state.step,
+        mark_finished(output_dir, {"stage": "general", "objective": objective, "steps": state.step,
                                    "tokens_seen": state.tokens_seen})
     accelerator.wait_for_everyone()
-    return output_dir
 
 
 def _save_student(accelerator, model, tokenizer, output_dir: Path, state: TrainState) -> None:

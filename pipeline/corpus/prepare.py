@@ -132,10 +132,7 @@ def prepare_corpus(inputs: list[str], tokenizer_name: str, output: str | Path, m
             "shards": [{"tokens_file": "tokens-00000.bin", "lengths_file": "lengths-00000.bin",
                         "sequences": counts["sequences"], "tokens": counts["tokens"]}],
         }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(work, output)
+        _publish(work, manifest, output)
     finally:
         if work.exists():
             shutil.rmtree(work)
@@ -223,14 +220,19 @@ def merge_corpus(output: str | Path, parts: list[str | Path], overwrite: bool = 
         manifest = {**first, "sources": [s for m in manifests for s in m["sources"]], "shard": None,
                     "shards": shards, "skipped": dict(sorted(skipped.items())),
                     **{key: sum(m[key] for m in manifests) for key in ("sequences", "tokens", "lines", "documents")}}
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(work, output)
+        _publish(work, manifest, output)
     finally:
         if work.exists():
             shutil.rmtree(work)
     return output
+
+
+def _publish(work: Path, manifest: dict, output: Path) -> None:
+    """Write the manifest last, then put the finished folder in place of `output` in one rename."""
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(work, output)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
