@@ -8,6 +8,7 @@ Task types and the metric used to pick the best checkpoint (`main_metric`):
     classification  accuracy, macro_f1, and mcc when there are exactly 2 labels   -> "accuracy"
     regression      pearson, spearman, corr = (pearson + spearman) / 2 (GLUE STS-B) -> "corr"
     token           entity_precision, entity_recall, entity_f1, token_accuracy    -> "entity_f1"
+    qa              exact_match, f1 (SQuAD / CMRC 2018; computed by pipeline.qa)   -> "f1"
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TASK_TYPES = ("classification", "regression", "token")
-MAIN_METRICS = {"classification": "accuracy", "regression": "corr", "token": "entity_f1"}
+TASK_TYPES = ("classification", "regression", "token", "qa")  # qa is scored by pipeline.qa.qa_metrics
+MAIN_METRICS = {"classification": "accuracy", "regression": "corr", "token": "entity_f1", "qa": "f1"}
 IGNORE_INDEX = -100  # label id of positions that carry no label (special tokens, later sub-words)
 
 
@@ -159,6 +160,8 @@ def task_metrics(task_type: str, predictions: Sequence, labels: Sequence, *, num
         from both sequences before scoring. token_accuracy is over the remaining positions.
     """
     _check_task_type(task_type)
+    if task_type == "qa":
+        raise ValueError("task_metrics: extractive QA is scored on answer strings by pipeline.qa.qa_metrics")
     if task_type == "classification":
         if num_labels is None:
             raise ValueError("task_metrics: classification needs num_labels")

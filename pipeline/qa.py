@@ -15,6 +15,9 @@ Metrics, as the official scripts define them, the best over an example's gold an
   Chinese (CMRC 2018): punctuation removed, EM on the string, F1 on the longest common substring of
   the "mixed segmentation" (each Chinese character a unit, runs of other characters split into words).
 An example without a gold answer scores 1 only for an empty prediction.
+
+The task type (`task.type: qa`): `tokenize_qa` turns a split into windows (what every stage trains and
+predicts on) and `score_qa` scores per-window logits as answers per example.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, ModelError
 
 # CMRC 2018's official evaluation script: the punctuation it removes (plus ASCII punctuation).
 CMRC_PUNCTUATION = set("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』") | {"……"} | set(string.punctuation)
@@ -204,3 +207,47 @@ def best_answers(start_logits: Sequence[np.ndarray], end_logits: Sequence[np.nda
             text = ""
         answers.append(text)
     return answers
+
+
+# ---------------------------------------------------------------- the task type
+
+def tokenize_qa(dataset, tokenizer, cfg, split: str, need_labels: bool = True):
+    """The windows of a split (`cfg`: a qa TaskConfig) as a dataset: `qa_windows`' columns plus
+    `example_index` (the example's row), `context` and, with answers, `answer_texts` (for scoring)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"extractive QA needs a fast tokenizer (character offsets); {type(tokenizer).__name__} "
+                         "is not one (save the model with a tokenizer.json)")
+    has_answers = need_labels or cfg.answers in dataset.column_names
+
+    def encode(batch, indices):
+        contexts, answers = batch[cfg.context], batch[cfg.answers] if has_answers else None
+        for offset, (question, context) in enumerate(zip(batch[cfg.question], contexts)):
+            if not isinstance(question, str) or not isinstance(context, str) or not context:
+                raise DataError(f"task.{split}: row {indices[offset]}: question and context must be non-empty "
+                                f"text, got {question!r} and {context!r}")
+        if answers is not None:
+            check_answers(contexts, answers, split, indices[0])
+        windows = qa_windows(tokenizer, batch[cfg.question], contexts, answers, cfg.max_seq_len, cfg.doc_stride)
+        example = windows.pop("window_example")
+        windows["example_index"] = [indices[k] for k in example]
+        windows["context"] = [contexts[k] for k in example]
+        if answers is not None:
+            windows["answer_texts"] = [list(answers[k]["text"]) for k in example]
+        return windows
+
+    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                       desc=f"windows of {split}")
+
+
+def score_qa(cfg, logits: Sequence[np.ndarray], windows) -> dict:
+    """EM and F1 of the best spans (`best_answers`) from per-window (L, 2) logits against the gold answers."""
+    rows = windows.select_columns(["example_index", "offsets", "context", "answer_texts"]).to_list()
+    order = {example: k for k, example in enumerate(sorted({row["example_index"] for row in rows}))}
+    contexts, golds = [""] * len(order), [[] for _ in order]
+    for row in rows:
+        row["example_index"] = order[row["example_index"]]
+        contexts[row["example_index"]], golds[row["example_index"]] = row["context"], row["answer_texts"]
+    predictions = best_answers([x[:, 0] for x in logits], [x[:, 1] for x in logits], rows, contexts, cfg.n_best,
+                               cfg.max_answer_len, cfg.null_threshold)
+    language = guess_language(contexts) if cfg.language == "auto" else cfg.language
+    return qa_metrics(predictions, golds, language)

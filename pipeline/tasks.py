@@ -5,6 +5,9 @@ Shared by `finetune` (teacher fine-tuning), `task` (task distillation) and `eval
   regression      STS-B style, one float per example (`num_labels` 1)
   token           NER/POS: `tokens` (a list of words or characters) and `tags` (one per token); labels
                   are put on the first sub-token of each word, the others get -100 and are not scored.
+  qa              extractive QA (SQuAD, CMRC 2018, DRCD): `context`, `question` and `answers` (`text` and
+                  `answer_start` lists; empty for an unanswerable question, SQuAD v2); each example is cut
+                  into question + context windows (see pipeline/qa.py) and scored as EM / F1.
 """
 
 from __future__ import annotations
@@ -30,9 +33,16 @@ class TaskConfig:
     Splits are files (`train: data/train.jsonl`), or split names inside `dataset` (a hub id or a
     `save_to_disk` folder: `dataset: clue`, `name: tnews`, `train: train`, `dev: validation`).
     `labels` fixes the label order; by default it is the sorted label values of the train split.
+
+    Extractive QA (`type: qa`) reads `context`, `question` and `answers`; windows of `max_seq_len`
+    tokens overlap by `doc_stride` tokens (default max_seq_len // 4); a span is at most
+    `max_answer_len` tokens, chosen among the `n_best` best starts and ends; `null_threshold` (SQuAD
+    v2 and sets with unanswerable questions) predicts no answer when the [CLS] score beats the best
+    span's by more than it (null: always a span, SQuAD v1); `language` picks the metric (`zh`: CMRC
+    2018's character-level EM/F1, `en`: SQuAD's; `auto`: from the contexts).
     """
 
-    type: Literal["classification", "regression", "token"] = "classification"
+    type: Literal["classification", "regression", "token", "qa"] = "classification"
     train: str | None = None
     dev: str | None = None
     test: str | None = None
@@ -46,26 +56,56 @@ class TaskConfig:
     tags: str = "tags"
     labels: list[str] | None = None
     max_seq_len: int = 128
+    context: str = "context"
+    question: str = "question"
+    answers: str = "answers"
+    doc_stride: int | None = None
+    max_answer_len: int | None = None
+    n_best: int | None = None
+    null_threshold: float | None = None
+    language: Literal["auto", "zh", "en"] | None = None
 
     def __post_init__(self):
         if self.max_seq_len < 8:
             raise ConfigError(f"task.max_seq_len: must be >= 8, got {self.max_seq_len}")
-        if self.type != "token" and not self.text:
+        self._check_qa_fields()
+        if self.type not in ("token", "qa") and not self.text:
             raise ConfigError(f"task.text: the text column is required for {self.type} tasks")
         if self.type == "regression" and self.labels is not None:
             raise ConfigError("task.labels: regression has no label names")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"task.labels: names must be unique, got {self.labels}")
 
+    def _check_qa_fields(self) -> None:
+        qa_fields = {"doc_stride": self.max_seq_len // 4, "max_answer_len": 30, "n_best": 20, "language": "auto"}
+        if self.type != "qa":
+            for name in (*qa_fields, "null_threshold"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"task.{name}: only used when task.type is qa")
+            return
+        if self.labels is not None:
+            raise ConfigError("task.labels: extractive QA has no label names (answers are spans)")
+        for name, default in qa_fields.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        for name in ("doc_stride", "max_answer_len", "n_best"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"task.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.doc_stride >= self.max_seq_len:
+            raise ConfigError(f"task.doc_stride: {self.doc_stride} must be smaller than task.max_seq_len "
+                              f"{self.max_seq_len} (it is the overlap between windows)")
+
     @property
     def columns(self) -> dict[str, str | None]:
         if self.type == "token":
             return {"tokens": self.tokens, "tags": self.tags}
+        if self.type == "qa":
+            return {"context": self.context, "question": self.question, "answers": self.answers}
         return {"text": self.text, "text_pair": self.text_pair, "label": self.label}
 
     @property
     def label_column(self) -> str:
-        return self.tags if self.type == "token" else self.label
+        return {"token": self.tags, "qa": self.answers}.get(self.type, self.label)
 
 
 def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
@@ -84,7 +124,7 @@ def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
             message = message.replace(generic, f"task.{split}: ")
         raise DataError(message) from None
     for key, column in cfg.columns.items():
-        if column is None or (key in ("label", "tags") and not need_labels):
+        if column is None or (key in ("label", "tags", "answers") and not need_labels):
             continue
         if column not in dataset.column_names:
             raise DataError(
@@ -112,8 +152,9 @@ def load_transfer(cfg: TaskConfig, transfer: str, need_labels: bool = False):
 
 
 def label_names_from(cfg: TaskConfig, train_dataset) -> list[str] | None:
-    """The label order: `task.labels`, or the sorted values of the train split (numbers numerically)."""
-    if cfg.type == "regression":
+    """The label order: `task.labels`, or the sorted values of the train split (numbers numerically);
+    None for regression and extractive QA, which have no label names."""
+    if cfg.type in ("regression", "qa"):
         return None
     if cfg.labels is not None:
         return list(cfg.labels)
@@ -144,7 +185,7 @@ def class_names(dataset, column: str) -> list[str] | None:
 
 
 def check_label_map(model_config, label_names: list[str] | None, role: str,
-                    against: str = "the data's labels") -> list[str] | None:
+                    against: str = "the data's labels", task_type: str | None = None) -> list[str] | None:
     """The label order to use with a model that already has a head (a fine-tuned teacher).
 
     Refuses a model whose labels disagree with the data (or, for an ensemble teacher, with the first
@@ -153,6 +194,13 @@ def check_label_map(model_config, label_names: list[str] | None, role: str,
     agree, so the student's head uses the same ids as the teacher's.
     """
     num_labels = getattr(model_config, "num_labels", None)
+    if task_type == "qa":  # a start and an end logit per position
+        architectures = getattr(model_config, "architectures", None) or []
+        if num_labels != 2 or (architectures and not architectures[0].endswith("ForQuestionAnswering")):
+            raise ModelError(f"{role} is a {architectures[0] if architectures else 'model'} with {num_labels} outputs; "
+                             "an extractive-QA task needs a question-answering head (tinydistill finetune "
+                             "with task.type: qa)")
+        return None
     if label_names is None:  # regression
         if num_labels != 1:
             raise ModelError(f"{role} has {num_labels} outputs; a regression task needs a 1-output head")
@@ -187,8 +235,11 @@ def label_permutation(model_names: list[str] | None, target_names: list[str] | N
     return [model_names.index(name) for name in target_names]
 
 
-def label_maps(label_names: list[str] | None) -> dict:
-    """`id2label`/`label2id`/`num_labels`/`problem_type` for a model config."""
+def label_maps(label_names: list[str] | None, task_type: str | None = None) -> dict:
+    """`id2label`/`label2id`/`num_labels`/`problem_type` for a model config (nothing for extractive QA,
+    whose head is the start and end logit)."""
+    if task_type == "qa":
+        return {}
     if label_names is None:
         return {"num_labels": 1, "id2label": {0: "score"}, "label2id": {"score": 0}, "problem_type": "regression"}
     maps = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
@@ -197,9 +248,22 @@ def label_maps(label_names: list[str] | None) -> dict:
 
 
 def model_class_for(task_type: str):
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
-    return AutoModelForTokenClassification if task_type == "token" else AutoModelForSequenceClassification
+    return {"token": AutoModelForTokenClassification,
+            "qa": AutoModelForQuestionAnswering}.get(task_type, AutoModelForSequenceClassification)
+
+
+def task_logits(output) -> torch.Tensor:
+    """A model output's logits: (B, C), (B, L, C), or for extractive QA (B, L, 2), start and end stacked."""
+    logits = getattr(output, "logits", None)
+    if logits is None and getattr(output, "start_logits", None) is not None:
+        return torch.stack([output.start_logits, output.end_logits], dim=-1)
+    return logits
 
 
 def tokenize_task(dataset, tokenizer, cfg: TaskConfig, label_names: list[str] | None, split: str,
@@ -209,6 +273,10 @@ def tokenize_task(dataset, tokenizer, cfg: TaskConfig, label_names: list[str] | 
     Token tasks also keep `word_positions` (the first sub-token of each word, -1 when the word was
     truncated away or produced no sub-token) and `word_labels`, so scores are per word.
     """
+    if cfg.type == "qa":
+        from pipeline.qa import tokenize_qa
+
+        return tokenize_qa(dataset, tokenizer, cfg, split, need_labels)
     label2id = {name: i for i, name in enumerate(label_names or [])}
     has_labels = need_labels or cfg.label_column in dataset.column_names
     names = class_names(dataset, cfg.label_column) if has_labels else None
@@ -263,7 +331,9 @@ def tokenize_task(dataset, tokenizer, cfg: TaskConfig, label_names: list[str] | 
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of tokenized rows; token labels pad with -100, cached teacher logits with 0."""
+    """Right-pad a list of tokenized rows; token labels pad with -100, cached teacher logits with 0.
+    Extractive-QA windows also give `position_mask` (padded with 0) and `labels` (B, 2): the gold
+    start and end positions."""
     width = max(len(r["input_ids"]) for r in rows)
     size = len(rows)
     batch = {
@@ -277,7 +347,13 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch["input_ids"][i, :n] = torch.tensor(row["input_ids"])
         batch["token_type_ids"][i, :n] = torch.tensor(row["token_type_ids"])
         batch["attention_mask"][i, :n] = 1
-    if "labels" in rows[0]:
+    if "position_mask" in rows[0]:
+        batch["position_mask"] = torch.zeros((size, width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            batch["position_mask"][i, : len(row["position_mask"])] = torch.tensor(row["position_mask"])
+    if "start_positions" in rows[0]:
+        batch["labels"] = torch.tensor([[r["start_positions"], r["end_positions"]] for r in rows], dtype=torch.long)
+    elif "labels" in rows[0]:
         first = rows[0]["labels"]
         if isinstance(first, list):
             labels = torch.full((size, width), IGNORE_INDEX, dtype=torch.long)
@@ -349,7 +425,8 @@ def group_by_length(order: list[int], lengths: list[int], global_batch: int, gen
 
 @torch.no_grad()
 def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list[np.ndarray]:
-    """Logits for every row in order: (C,) per example, or (L_i, C) per example for token tasks.
+    """Logits for every row in order: (C,) per example, or (L_i, C) per example for token tasks (and
+    (L_i, 2), start and end, per window of extractive QA).
 
     Rows are batched by length (shortest first) so little compute goes to padding, then put back in
     dataset order.
@@ -365,7 +442,7 @@ def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list
         indices = order[start: start + batch_size]
         rows = dataset.select(indices).to_list()
         batch = collate(rows, pad_id)
-        logits = model(**{k: batch[k].to(device) for k in inputs}).logits.float().cpu().numpy()
+        logits = task_logits(model(**{k: batch[k].to(device) for k in inputs})).float().cpu().numpy()
         for i, (index, row) in enumerate(zip(indices, rows)):
             results[index] = logits[i, : len(row["input_ids"])] if logits.ndim == 3 else logits[i]
     return results
@@ -375,6 +452,10 @@ def score_predictions(cfg: TaskConfig, label_names: list[str] | None, logits: li
     """The task's metrics for `logits` (from `predict_logits`) against the tokenized split's labels."""
     from pipeline.metrics import task_metrics
 
+    if cfg.type == "qa":
+        from pipeline.qa import score_qa
+
+        return score_qa(cfg, logits, dataset)
     if cfg.type == "token":
         outside = "O" if "O" in (label_names or []) else label_names[0]
         gold, predicted = [], []

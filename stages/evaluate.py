@@ -121,7 +121,8 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
                                          cfg.latency.threads or torch.get_num_threads()))
     check_seq_len(task, *(artifact.config for artifact in artifacts.values()))
     label_names = label_names_from(task, load_task_split(task, "train")) if task.train else task.labels
-    orders = {role: check_label_map(artifact.config, label_names, role) for role, artifact in artifacts.items()}
+    orders = {role: check_label_map(artifact.config, label_names, role, task_type=task.type)
+              for role, artifact in artifacts.items()}
     for role, order in orders.items():
         if order != orders["teacher"]:
             raise ModelError(f"teacher and {role} order their labels differently ({orders['teacher']} vs "
@@ -263,4 +264,6 @@ def _latency_texts(task: TaskConfig, rows) -> tuple[list[str], list[str] | None]
     head = rows.select(range(min(64, len(rows))))
     if task.type == "token":
         return ["".join(t) if all(len(w) == 1 for w in t) else " ".join(t) for t in head[task.tokens]], None
+    if task.type == "qa":
+        return head[task.question], head[task.context]
     return head[task.text], (head[task.text_pair] if task.text_pair else None)

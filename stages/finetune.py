@@ -1,4 +1,6 @@
 """Fine-tune a pretrained model on a task: the teacher for task distillation, when yours is only pretrained.
+Extractive QA (`task.type: qa`) trains an `AutoModelForQuestionAnswering`: the cross-entropy of the gold
+start and of the gold end over each window's [CLS] and context positions.
 
     tinydistill finetune configs/finetune_tnews_zh.yaml [key=value ...] [--resume] [--overwrite]
 
@@ -24,6 +26,7 @@ from pipeline.models import (
     load_pretrained,
     load_tokenizer,
 )
+from pipeline.prediction import span_rows
 from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
 from pipeline.tasks import (
@@ -34,6 +37,7 @@ from pipeline.tasks import (
     load_task_split,
     model_class_for,
     score_splits,
+    task_logits,
     tokenize_splits,
 )
 from pipeline.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
@@ -70,14 +74,16 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     accelerator.wait_for_everyone()
 
     model = load_pretrained(model_class_for(cfg.task.type), cfg.model, "model", dtype=torch.float32,
-                            **label_maps(label_names))
+                            **label_maps(label_names, cfg.task.type))
     task_type = cfg.task.type
 
     inputs = forward_input_names(model)
 
     def compute_terms(model, batch, progress):
-        logits = model(**{k: batch[k] for k in inputs}).logits
-        if task_type == "regression":
+        logits = task_logits(model(**{k: batch[k] for k in inputs}))
+        if task_type == "qa":  # rows: every window's start, then its end; labels likewise
+            loss = hard_cross_entropy(span_rows(logits, batch["position_mask"]), batch["labels"].t().reshape(-1))
+        elif task_type == "regression":
             loss = logits_mse(logits, batch["labels"].float().reshape(-1, 1))
         else:
             loss = hard_cross_entropy(logits, batch["labels"])

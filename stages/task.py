@@ -8,8 +8,12 @@ gold-label CE; the teacher's logits come from an on-disk cache, so step 2 runs n
 With `ensemble_teachers`, step 2 learns from the average of several fine-tuned teachers (MT-DNN style,
 `prediction.loss.ensemble`), each teacher's logits cached separately. The best student on dev is the result.
 
+Extractive QA (`task.type: qa`) distils on question + context windows: step 1 as above, step 2 the soft
+CE over each window's [CLS] and context positions, for the start and for the end; the cache holds each
+window's start and end logits.
+
 Output (`output_dir`): the student in `save_pretrained` format (AutoModelForSequenceClassification /
-AutoModelForTokenClassification, label map included) with the tokenizer and `metrics.json`;
+AutoModelForTokenClassification / AutoModelForQuestionAnswering, label map included) with the tokenizer and `metrics.json`;
 `intermediate/` and `prediction/` hold each step's log, checkpoints and result; `tinydistill_run.json`
 is written last.
 """
@@ -65,6 +69,7 @@ from pipeline.tasks import (
     load_transfer,
     model_class_for,
     score_splits,
+    task_logits,
     tokenize_splits,
     tokenize_task,
 )
@@ -140,14 +145,15 @@ def run_task(cfg: TaskDistillConfig) -> Path:
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     task = cfg.task
     raw_train = load_task_split(task, "train")
-    label_names = check_label_map(teacher_config, label_names_from(task, raw_train), "teacher")
+    label_names = check_label_map(teacher_config, label_names_from(task, raw_train), "teacher",
+                                  task_type=task.type)
     raw_transfer = (load_transfer(task, cfg.transfer, need_labels=cfg.prediction.loss.needs_labels)
                     if cfg.transfer else raw_train)
     check_seq_len(task, teacher_config)
     label_orders = _check_ensemble_teachers(cfg, tokenizer, label_names)
     student_model_class = model_class_for(task.type)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=student_model_class,
-                            **label_maps(label_names))
+                            **label_maps(label_names, task.type))
     if cfg.intermediate.enabled:
         architecture_of(student.config, "student")
     check_teacher_student_fit(teacher_config, student.config, cfg.intermediate.loss.attention,
@@ -241,7 +247,8 @@ def _check_ensemble_teachers(cfg: TaskDistillConfig, tokenizer, label_names: lis
     for index, source in enumerate(cfg.ensemble_teachers or []):
         role = f"ensemble_teachers[{index}]"
         config = load_model_config(source, role)
-        names = check_label_map(config, label_names, role, against="the first teacher's labels")
+        names = check_label_map(config, label_names, role, against="the first teacher's labels",
+                                task_type=cfg.task.type)
         check_seq_len(cfg.task, config)
         if load_tokenizer(source, f"{role} tokenizer").get_vocab() != tokenizer.get_vocab():
             raise ModelError(f"{role}: {source} has another vocabulary than the teacher {cfg.teacher}; "
@@ -277,16 +284,17 @@ def _prediction_step(cfg: TaskDistillConfig, student, transfer, data, label_name
         """Every teacher's logits for the batch, in the first teacher's label order."""
         if live_teachers:
             with torch.no_grad():
-                logits = [member(**inputs).logits.float() for member in live_teachers]
+                logits = [task_logits(member(**inputs)).float() for member in live_teachers]
         else:
             logits = [batch[column] for column in columns]
         return [z if order is None else z[..., order] for z, order in zip(logits, label_orders)]
 
     def compute_terms(model, batch, progress):
         inputs = {k: batch[k] for k in student_inputs}
-        student_logits = model(**inputs).logits
+        student_logits = task_logits(model(**inputs))
+        mask = batch["position_mask"] if task_type == "qa" else batch["attention_mask"]  # qa: [CLS] and context
         return prediction_terms(student_logits, teacher_logits(batch, inputs), batch.get("labels"), task_type,
-                                step.loss, progress, batch["attention_mask"])
+                                step.loss, progress, mask)
 
     def save_model(model, directory: Path) -> None:
         model.save_pretrained(directory)

@@ -15,6 +15,7 @@ from test_task import SENTIMENT, task_section, write_jsonl
 from transformers import (
     AutoTokenizer,
     BertConfig,
+    BertForMultipleChoice,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
@@ -134,6 +135,23 @@ def test_token_classifier_exports_per_token_logits_through_the_cli(tmp_path, cap
     assert set(info["files"]) == {"model.onnx", "model.int8.onnx", "model.fp16.onnx"}
 
 
+def test_question_answering_student_exports_start_and_end_logits_stacked(tmp_path, capsys):
+    model_dir = save_bert(tmp_path / "qa", BertForQuestionAnswering)
+    out = tmp_path / "qa_onnx"
+    assert cli_main(["export", str(model_dir), str(out), "--int8"]) == 0
+    batch = mixed_batch(out)
+    with torch.no_grad():
+        expected = BertForQuestionAnswering.from_pretrained(model_dir).eval()(**batch)
+    expected = torch.stack([expected.start_logits, expected.end_logits], -1).numpy()
+    got = onnx_outputs(out / "model.onnx", batch)
+    real = batch["attention_mask"].numpy().astype(bool)
+    assert got.shape == expected.shape == (len(MIXED), batch["input_ids"].shape[1], 2)
+    np.testing.assert_allclose(got[real], expected[real], atol=1e-4)
+    info = json.loads((out / "export.json").read_text())
+    fp32 = info["files"]["model.onnx"]
+    assert info["head"] == "qa" and fp32["argmax_agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+
+
 def test_general_student_exports_its_hidden_states_even_when_validated_on_one_row(teacher_dir, tmp_path):
     out = tmp_path / "encoder_onnx"
     run_export(from_dict(ExportConfig, {"model": str(teacher_dir), "output_dir": str(out), "validation_rows": 1}))
@@ -212,8 +230,8 @@ def test_unsupported_architectures_are_refused_in_one_line(tmp_path, capsys):
                          eos_token_id=0)).save_pretrained(tmp_path / "gpt2")
     assert "unsupported architecture GPT2Model (model_type gpt2)" in _export_error(
         capsys, tmp_path / "gpt2", tmp_path / "out")
-    save_bert(tmp_path / "qa", BertForQuestionAnswering)
-    assert "unsupported architecture BertForQuestionAnswering" in _export_error(capsys, tmp_path / "qa", tmp_path / "o")
+    save_bert(tmp_path / "mc", BertForMultipleChoice)
+    assert "unsupported architecture BertForMultipleChoice" in _export_error(capsys, tmp_path / "mc", tmp_path / "o")
 
 
 def test_an_existing_output_needs_overwrite(classifier, classifier_export, tmp_path, capsys):

@@ -29,12 +29,14 @@ from torch import nn
 from pipeline.bilstm import BILSTM_CONFIG, BiLSTMGraph, is_bilstm_dir, load_bilstm
 from pipeline.errors import ModelError
 from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
+from pipeline.tasks import task_logits
 
 SUPPORTED_MODEL_TYPES = ("bert",)  # exported and checked against PyTorch by tests/test_export.py
-HEADS = {"ForSequenceClassification": "sequence", "ForTokenClassification": "token"}
+HEADS = {"ForSequenceClassification": "sequence", "ForTokenClassification": "token", "ForQuestionAnswering": "qa"}
 ENCODER_SUFFIXES = ("Model", "ForMaskedLM", "ForPreTraining")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-TASK_HEADS = {"classification": ("sequence", "bilstm"), "regression": ("sequence",), "token": ("token",)}
+TASK_HEADS = {"classification": ("sequence", "bilstm"), "regression": ("sequence",), "token": ("token",),
+              "qa": ("qa",)}
 EXPORTER = "torchscript"
 
 
@@ -43,7 +45,7 @@ class ExportSource:
     """A loaded model ready to trace, with what an export folder needs to describe and reuse it."""
 
     module: nn.Module  # eval mode; positional `input_names` in, one tensor out
-    head: str  # "sequence", "token", "encoder" or "bilstm"
+    head: str  # "sequence", "token", "qa" (start and end logits stacked: (B, L, 2)), "encoder" or "bilstm"
     architecture: str
     input_names: list[str]
     output_name: str
@@ -68,7 +70,8 @@ class _OneTensor(nn.Module):
         self.eval()  # a fresh module is in training mode, and `.train()` would switch dropout on inside
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return getattr(self.model(**dict(zip(self.input_names, inputs))), self.output_name)
+        output = self.model(**dict(zip(self.input_names, inputs)))
+        return task_logits(output) if self.output_name == "logits" else getattr(output, self.output_name)
 
 
 def load_source(model_dir: str, task_type: str | None = None) -> ExportSource:
@@ -88,13 +91,18 @@ def load_source(model_dir: str, task_type: str | None = None) -> ExportSource:
     if config.model_type not in SUPPORTED_MODEL_TYPES or head is None:
         raise ModelError(
             f"{model_dir}: unsupported architecture {architecture} (model_type {config.model_type}); export "
-            f"takes {', '.join(SUPPORTED_MODEL_TYPES)} models with a sequence or token classification head, "
-            "plain encoders and BiLSTM students")
+            f"takes {', '.join(SUPPORTED_MODEL_TYPES)} models with a sequence classification, token "
+            "classification or question-answering head, plain encoders and BiLSTM students")
     _check_task(model_dir, head, task_type)
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModel,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     model_class = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
-                   "encoder": AutoModel}[head]
+                   "qa": AutoModelForQuestionAnswering, "encoder": AutoModel}[head]
     model = load_pretrained(model_class, model_dir, "model", dtype=torch.float32).eval()
     tokenizer = load_tokenizer(model_dir, "model tokenizer")
     input_names = [name for name in MODEL_INPUTS

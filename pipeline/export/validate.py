@@ -4,7 +4,7 @@ The inputs are the first rows of a task split (read through the model's own toke
 task, generated text: random vocabulary tokens in sentences of every length from 1 up, so each batch
 mixes lengths and exercises the padding mask. Figures: the largest absolute difference of the outputs
 (logits, or hidden states of a plain encoder) at real positions, and the share of rows (token tasks:
-real tokens) whose argmax agrees.
+real tokens; extractive QA: each row's start and its end, over real positions) whose argmax agrees.
 """
 
 from __future__ import annotations
@@ -83,8 +83,15 @@ def compare(source: ExportSource, references: list[torch.Tensor], model: OnnxMod
         if output.shape != reference.shape:
             raise ModelError(f"{model.path.name} returned shape {tuple(output.shape)}, PyTorch "
                              f"{tuple(reference.shape)}")
+        real = batch["attention_mask"].bool()
+        if source.head == "qa":  # the argmax over real positions, of the start and of the end, per row
+            worst = max(worst, float((reference - output)[real].abs().max()))
+            hidden = ~real[..., None]
+            reference, output = reference.masked_fill(hidden, -torch.inf), output.masked_fill(hidden, -torch.inf)
+            agree += int((reference.argmax(1) == output.argmax(1)).sum())
+            total += reference.shape[0] * 2
+            continue
         if reference.ndim == 3:  # per position: compare real tokens only
-            real = batch["attention_mask"].bool()
             reference, output = reference[real], output[real]
         worst = max(worst, float((reference - output).abs().max()))
         agree += int((reference.argmax(-1) == output.argmax(-1)).sum())
