@@ -3,10 +3,12 @@
 transformers 5 runs BERT attention through `scaled_dot_product_attention`, which never materialises the
 scores; `output_attentions=True` silently returns nothing under sdpa, and switching the model to
 eager would slow every layer. Instead we register one attention function with transformers'
-AttentionInterface. A layer whose scores we were asked for computes them once, records them (with
-autograd, so a student learns through them) and attends with them: scores -> masked softmax -> dropout
--> @V, eager attention's arithmetic, with the scale applied to Q (L x d) rather than to the (L x L)
-scores. Every other layer runs the regular sdpa kernel. Outputs equal sdpa's up to float rounding.
+AttentionInterface. A layer whose scores we were asked for records QK^T/sqrt(d) (with autograd, so a
+student learns through them, the scale applied to Q (L x d) rather than to the (L x L) scores). Where
+sdpa is a fused kernel (GPU; CPU without dropout) the layer still attends through it, and the scores are
+one extra matmul; in a CPU training pass with dropout, where sdpa would materialise the scores itself,
+the layer attends with the recorded ones: scores -> masked softmax -> dropout -> @V, eager attention's
+arithmetic. Every other layer runs the regular sdpa kernel. Outputs equal sdpa's up to float rounding.
 A forward's k-th attention call is layer k, which also holds for ALBERT's one shared layer.
 
 The recorded scores carry no mask: padding is excluded by the losses through the attention mask.
@@ -38,9 +40,13 @@ def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling
         recorder.qkv[layer] = (query, key, value)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     wants_scores = layer is not None and layer in recorder.score_layers
-    if not wants_scores or key.shape[1] != query.shape[1]:  # unwatched (or grouped-query) layers: plain sdpa
+    # sdpa is one fused kernel on a GPU, and on a CPU without dropout (a frozen teacher, an eval pass):
+    # there the scores cost one extra QK^T beside it. A CPU training pass with dropout runs sdpa's
+    # unfused math path, so computing the scores once and attending with them saves that QK^T.
+    fused = query.is_cuda or not (module.training and dropout > 0)
+    if not wants_scores or fused or key.shape[1] != query.shape[1]:  # grouped-query layers: sdpa as well
         if wants_scores:
-            recorder.scores[layer] = torch.matmul(query, key.transpose(-1, -2)) * scale
+            recorder.scores[layer] = torch.matmul(query * scale, key.transpose(-1, -2))
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scores = torch.matmul(query * scale, key.transpose(-1, -2))

@@ -40,13 +40,14 @@ def attention_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torc
     sum_b len_b^2. Padded query rows and padded key columns are both excluded. This is TinyBERT's
     (1/h) sum_i MSE(A_i^S, A_i^T) (paper eq. 3) with explicit masks. Shapes: (B, H, L, L), (B, L).
     """
-    pairs = attention_pair_mask(token_mask)
+    pairs = None if bool(token_mask.all()) else attention_pair_mask(token_mask)  # packed batches: no padding
     count = (token_mask.sum(dim=-1).float().pow(2).sum() * student.shape[1]).clamp_min(1.0)
     return _MaskedSquaredError.apply(student, teacher, pairs, count)
 
 
 class _MaskedSquaredError(torch.autograd.Function):
-    """sum((s - t)^2 over `pairs`) / count, with its gradient 2 (s - t) [pair] / count written directly.
+    """sum((s - t)^2 over `pairs`) / count, with its gradient 2 (s - t) [pair] / count written directly
+    (`pairs` None: every pair counts).
 
     One (B, H, L, L) float32 difference is made and kept for backward; autograd's composition of
     sub, pow, masked_fill and sum makes and keeps several, and the attention loss runs on every
@@ -56,7 +57,8 @@ class _MaskedSquaredError(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, pairs, count):
         diff = student.float() - teacher.float()
-        diff.masked_fill_(~pairs, 0.0)
+        if pairs is not None:
+            diff.masked_fill_(~pairs, 0.0)
         flat = diff.view(-1)
         ctx.save_for_backward(diff, count)
         ctx.dtypes = (student.dtype, teacher.dtype)

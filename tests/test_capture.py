@@ -1,4 +1,4 @@
-"""Captured scores are QK^T/sqrt(d) of the watched layers only; every layer still runs sdpa."""
+"""Captured scores are QK^T/sqrt(d) of the watched layers only; outputs and gradients stay sdpa's."""
 
 import copy
 
@@ -48,11 +48,7 @@ def test_captured_scores_equal_manual_qk_over_sqrt_d(teacher_dir):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_unwatched_layers_run_sdpa_and_outputs_are_unchanged(teacher_dir, monkeypatch):
-    model = AutoModel.from_pretrained(teacher_dir, attn_implementation="sdpa").eval()
-    batch = _batch()
-    with torch.no_grad():
-        reference = model(**batch).last_hidden_state
+def _counting_sdpa(monkeypatch) -> list:
     calls = []
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -61,26 +57,54 @@ def test_unwatched_layers_run_sdpa_and_outputs_are_unchanged(teacher_dir, monkey
         return real_sdpa(*args, **kwargs)
 
     monkeypatch.setattr(sdpa_module.torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    return calls
+
+
+# Attention dropout so small that no weight is ever dropped: a CPU training pass that runs the dropout
+# code path (sdpa's unfused math kernel, or the watched layers' own eager attention) deterministically.
+NO_DROP = {"attention_probs_dropout_prob": 1e-12}
+
+
+def test_every_layer_runs_sdpa_where_it_is_fused_and_outputs_are_unchanged(teacher_dir, monkeypatch):
+    # eval (a frozen teacher): sdpa is the fused kernel, and the watched layers' scores are one extra QK^T
+    model = AutoModel.from_pretrained(teacher_dir, attn_implementation="sdpa").eval()
+    batch = _batch()
+    with torch.no_grad():
+        reference = model(**batch).last_hidden_state
+    calls = _counting_sdpa(monkeypatch)
     with torch.no_grad(), capture_attention_scores(model, [1, 3]) as captured:
         captured_run = model(**batch).last_hidden_state
-    assert len(calls) == model.config.num_hidden_layers - 2  # watched layers attend with their own scores
+    assert len(calls) == model.config.num_hidden_layers
     assert sorted(captured) == [1, 3]
     torch.testing.assert_close(captured_run, reference)
     assert model.config._attn_implementation == "sdpa"  # restored on exit
 
 
-def test_watched_layers_give_sdpa_gradients(teacher_dir):
-    # The watched layers' eager attention must backpropagate as sdpa does, padding included.
+def test_watched_layers_of_a_cpu_training_pass_with_dropout_attend_with_their_own_scores(teacher_dir, monkeypatch):
+    model = AutoModel.from_pretrained(teacher_dir, attn_implementation="sdpa", **NO_DROP).train()
     batch = _batch()
-    grads = []
-    for watched in ([], [1, 2, 3, 4]):
-        model = AutoModel.from_pretrained(teacher_dir, attn_implementation="sdpa").eval()
-        with capture_attention_scores(model, watched):
-            model(**batch).last_hidden_state.pow(2).mean().backward()
-        grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+    reference = model(**batch).last_hidden_state
+    calls = _counting_sdpa(monkeypatch)
+    with capture_attention_scores(model, [1, 3]):
+        captured_run = model(**batch).last_hidden_state
+    assert len(calls) == model.config.num_hidden_layers - 2
+    torch.testing.assert_close(captured_run, reference)
+
+
+def test_watched_layers_give_sdpa_gradients(teacher_dir):
+    # Both attention paths of a watched layer must backpropagate as sdpa does, padding included.
+    batch = _batch()
+    for mode in ("eval", "train"):
+        grads = []
+        for watched in ([], [1, 2, 3, 4]):
+            model = AutoModel.from_pretrained(teacher_dir, attn_implementation="sdpa", **NO_DROP)
+            getattr(model, mode)()
+            with capture_attention_scores(model, watched):
+                model(**batch).last_hidden_state.pow(2).mean().backward()
+            grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+        assert grads[0].keys() == grads[1].keys()
+        for name in grads[0]:
+            torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=f"{mode} {name}")
 
 
 def test_captured_student_scores_carry_gradients(teacher_dir):

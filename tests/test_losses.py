@@ -217,13 +217,15 @@ def test_losses_compute_in_float32_for_bfloat16_inputs():
     assert result.dtype == torch.float32 and result.item() == 1.0
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "packed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attention_mse_gradient_equals_autograd_of_the_formula(dtype):
-    # The fused loss writes its gradient by hand: it must be autograd's gradient of the plain formula.
+def test_attention_mse_gradient_equals_autograd_of_the_formula(dtype, padded):
+    # The fused loss writes its gradient by hand: it must be autograd's gradient of the plain formula,
+    # with padding and without (a packed batch, where the loss skips the mask).
     torch.manual_seed(0)
     student = (torch.randn(2, 3, 5, 5) * 3).to(dtype).requires_grad_()
     teacher = (torch.randn(2, 3, 5, 5) * 3).to(dtype)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 0 if padded else 1, 0 if padded else 1], [1, 1, 1, 1, 1]])
     attention_mse(student, teacher, mask).backward()
     fused = student.grad.clone()
     student.grad = None
@@ -232,4 +234,5 @@ def test_attention_mse_gradient_equals_autograd_of_the_formula(dtype):
     reference.backward()
     assert reference.item() == pytest.approx(attention_mse(student, teacher, mask).item(), rel=1e-6)
     torch.testing.assert_close(fused, student.grad, rtol=1e-6, atol=1e-7)
-    assert fused.dtype == dtype and fused[0, :, 3:, :].abs().sum() == 0 and fused[0, :, :, 3:].abs().sum() == 0
+    assert fused.dtype == dtype
+    assert (fused[0, :, 3:, :].abs().sum() == 0 and fused[0, :, :, 3:].abs().sum() == 0) == padded
