@@ -54,12 +54,26 @@ def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling
     if attention_mask is None:
         masked = scores
     elif attention_mask.dtype == torch.bool:
-        masked = torch.where(attention_mask, scores, torch.finfo(scores.dtype).min)
+        masked = scores + _key_bias(attention_mask, scores.dtype) if _keys_only(attention_mask) else torch.where(
+            attention_mask, scores, torch.finfo(scores.dtype).min)
     else:
         masked = scores + attention_mask
     weights = nn.functional.softmax(masked, dim=-1, dtype=torch.float32).to(value.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+def _keys_only(mask: torch.Tensor) -> bool:
+    """Whether a (B, 1, L, L) boolean mask is the same for every query (an encoder's key padding)."""
+    return mask.dim() == 4 and bool((mask == mask[:, :, :1, :]).all())
+
+
+def _key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1, L): 0 on real keys, the dtype's minimum on padded ones. Adding it broadcasts over the
+    queries, one pass over the scores and none in backward, where `torch.where` reads the (L x L) mask
+    both ways."""
+    return torch.zeros(mask[:, :, :1, :].shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask[:, :, :1, :], torch.finfo(dtype).min)
 
 
 # Registration is idempotent and only adds a name; models opt in through `capture_attention_scores`.
