@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure that needs a GPU, in one run of at most ~8 minutes on one GPU:
-#   1. the stage-one step vs TextBrewer at seq 128 and 512, 12L-768 teacher -> 4L-312 student
+#   1. the stage-one step vs TextBrewer at seq 128 and 512 (fp32, and bf16 at 512), 12L-768 teacher -> 4L-312 student
 #      (tokens/s the GPU consumes = batch x seq / step time, printed by general_step.py);
 #   2. the data path's delivered tokens/s on this machine's CPUs (prepared and streamed), to set beside 1;
 #   3. batched MLM augmentation vs the TinyBERT-style one-forward-per-word loop;
@@ -22,6 +22,7 @@ part() {  # part SECONDS TITLE COMMAND...
 }
 part 150 "stage one, seq 128, batch 64, teacher 12L-768" "$PY" bench/general_step.py --teacher-hidden 768 --batch 64 --seq 128 --repeats 10
 part 150 "stage one, seq 512, batch 16, teacher 12L-768" "$PY" bench/general_step.py --teacher-hidden 768 --batch 16 --seq 512 --repeats 10
+part 150 "stage one, seq 512, batch 16, teacher 12L-768, bf16 (target >= 1.5x TextBrewer)" "$PY" bench/general_step.py --teacher-hidden 768 --batch 16 --seq 512 --repeats 10 --precision bf16
 part 90 "data path delivered per process (CPU)" "$PY" bench/data_pipeline.py --repeat 10 --batches 200
 part 60 "MLM augmentation: batched vs TinyBERT-style loop" "$PY" bench/augment.py --examples 2000 --mlm-sentences 200
 part 60 "student vs teacher latency" "$PY" bench/task_step.py --skip-step2 --latency-seconds 5
