@@ -102,10 +102,12 @@ def margin_sentence(margin: float, half_width: float) -> str:
 
 def target_verdicts(teacher: float, selected: Sequence[float], direct: Sequence[float]) -> list[str]:
     """Whether the dev-selected row 4 meets each target, in words (retention; margin over direct)."""
-    retention = statistics.fmean(selected) / teacher if teacher else float("nan")
-    met = retention >= RETENTION_TARGET
-    lines = [f"retention {100 * retention:.1f}% of the teacher (target >= {100 * RETENTION_TARGET:.0f}%): "
-             + ("met" if met else "not met")]
+    if teacher > 0:
+        retention = statistics.fmean(selected) / teacher
+        lines = [f"retention {100 * retention:.1f}% of the teacher (target >= {100 * RETENTION_TARGET:.0f}%): "
+                 + ("met" if retention >= RETENTION_TARGET else "not met")]
+    else:
+        lines = ["retention undefined (the teacher scores 0): not met"]
     delta, spread = difference(selected, direct)
     text = f"- direct {points(delta)} ± {points(spread, False)} points (target >= {points(MARGIN_TARGET)}, spread excluding 0): "
     if delta < MARGIN_TARGET:

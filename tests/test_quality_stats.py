@@ -67,6 +67,7 @@ def test_target_verdicts_need_retention_a_one_point_gain_and_a_spread_clear_of_z
     assert "not met (the spread ±4.0 includes 0)" in noisy[1]
     assert target_verdicts(0.78, [0.70], [0.60, 0.62])[0].endswith("not met")
     assert target_verdicts(0.78, [0.80], [0.60, 0.62])[1].endswith("undecided (one seed: no spread)")
+    assert target_verdicts(0.0, [0.0], [0.0])[0] == "retention undefined (the teacher scores 0): not met"
 
 
 def test_the_table_prints_every_row_with_its_spread_and_the_words_below():
