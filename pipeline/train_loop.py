@@ -46,17 +46,28 @@ class Evaluation:
     metric: str
     every: int | None = None  # steps; None: once per epoch (and always at the last step)
     save_best: Callable[[torch.nn.Module, Path], None] | None = None  # writes a model into a directory
+    patience: int | None = None  # stop after this many evaluations in a row without a new best; None: never
+
+
+def out_of_patience(evaluation: Evaluation | None, state: TrainState, eval_every: int | None) -> bool:
+    """True once `evaluation.patience` evaluations (every `eval_every` steps) have passed without a new
+    best. Read from the state alone (step and best step), so a resumed run stops where the original did."""
+    if evaluation is None or evaluation.patience is None or state.best_metric is None:
+        return False
+    return state.step - state.best_step >= evaluation.patience * eval_every
 
 
 def dev_evaluation(task, label_names: list[str], dev, batch_size: int, pad_id: int, device,
-                   every: int | None, save_best: Callable[[torch.nn.Module, Path], None]) -> Evaluation | None:
-    """Scores on the tokenised `dev` split with the task's main metric; None when the task has no dev split."""
+                   every: int | None, save_best: Callable[[torch.nn.Module, Path], None],
+                   metric: str | None = None, patience: int | None = None) -> Evaluation | None:
+    """Scores on the tokenised `dev` split, selecting by `metric` (default: the task's main metric);
+    None when the task has no dev split. `patience`: see `Evaluation`."""
     if dev is None:
         return None
     return Evaluation(
         evaluate=lambda model: score_predictions(task, label_names,
                                                  predict_logits(model, dev, batch_size, pad_id, device), dev),
-        metric=main_metric(task.type), every=every, save_best=save_best,
+        metric=metric or main_metric(task.type), every=every, save_best=save_best, patience=patience,
     )
 
 
@@ -89,6 +100,8 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
 
     With `evaluation`, the model is scored on dev every `evaluation.every` (else `eval_every`) steps and
     at the end; the best one is written to `output_dir/best` by `evaluation.save_best` on the main process.
+    With `evaluation.patience`, training stops early (an `early_stop` event in the log, a checkpoint at
+    that step) once that many evaluations in a row bring no new best; `total_steps` is then the cap.
     """
     # One accelerator runs both steps of `task`; each step's checkpoints must hold only its own
     # model, optimiser and schedule, or resuming step 2 would load step 1's objects into them.
@@ -106,7 +119,7 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
     log.header({**header, **run_facts(train, accelerator), "steps": total_steps,
                 "resumed_from": str(resume) if resume else None})
     batches = batches_from(state)
-    while state.step < total_steps:
+    while state.step < total_steps and not out_of_patience(evaluation, state, eval_every):
         model.train()
         sums: dict[str, torch.Tensor] = {}
         tokens = 0
@@ -135,8 +148,12 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
         log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
         if evaluation and (state.step % eval_every == 0 or state.step == total_steps):
             _evaluate(accelerator, model, evaluation, state, output_dir, log)
-        if state.step % train.save_every == 0 or state.step == total_steps:
+        stopping = state.step < total_steps and out_of_patience(evaluation, state, eval_every)
+        if state.step % train.save_every == 0 or state.step == total_steps or stopping:
             save_checkpoint(accelerator, output_dir, state, train.keep_checkpoints)
+        if stopping:
+            log.event("early_stop", step=state.step, best_step=state.best_step, best=state.best_metric,
+                      patience=evaluation.patience)
     return accelerator.unwrap_model(model), state, log
 
 

@@ -4,7 +4,11 @@ CPU latency and training curves.
     tinydistill evaluate CONFIG [key=value ...] [--overwrite]    (CONFIG: like the `evaluate:` section of configs/quickstart.yaml)
 
 Rows: teacher and student (PyTorch fp32) and, with `onnx_dir` (a `tinydistill export` folder of the
-student), the student's ONNX fp32 graph and its int8 graph when the folder has one (ONNX Runtime, CPU).
+student), the student's ONNX fp32 graph and its int8 graph when the folder has one (ONNX Runtime, CPU); with
+`ensemble` (two or more fine-tuned models, e.g. the teachers of an `ensemble_teachers` run), the
+`ensemble` row scores their averaged probabilities at T = 1 (MT-DNN's ensemble teacher; regression:
+the mean prediction). Its members read the same token ids; one ordering the same label names
+differently has its logits put into the teacher's order. It is scored, not timed.
 Output (`output_dir`): `report.json`, `report.md` (the table it also prints), `deployment.png` (score
 against latency, marker area by size on disk) and `training_curves.png` (when the student's training logs
 are found; both need matplotlib), `tinydistill_run.json`.
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.bilstm import is_bilstm_dir, load_bilstm, load_bilstm_config
@@ -31,6 +36,7 @@ from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.latency import time_interleaved
+from pipeline.losses import ensemble_targets
 from pipeline.metrics import main_metric
 from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
 from pipeline.report import (
@@ -46,6 +52,7 @@ from pipeline.tasks import (
     check_label_map,
     check_seq_len,
     label_names_from,
+    label_permutation,
     load_task_split,
     model_class_for,
     predict_logits,
@@ -90,9 +97,14 @@ class EvaluateConfig:
     output_dir: str
     name: str | None = None  # the task's name in the report; default: the train file's stem
     onnx_dir: str | None = None  # a `tinydistill export` folder of the student: adds its ONNX rows
+    ensemble: list[str] | None = None  # fine-tuned models whose averaged probabilities make the `ensemble` row
     batch_size: int = 64
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     overwrite: bool = False
+
+    def __post_init__(self):
+        if self.ensemble is not None and len(self.ensemble) < 2:
+            raise ConfigError(f"ensemble: needs at least 2 models, got {len(self.ensemble)}")
 
 
 @dataclass
@@ -128,6 +140,7 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
             raise ModelError(f"teacher and {role} order their labels differently ({orders['teacher']} vs "
                              f"{order}); scores would not be comparable")
     label_names = orders["teacher"]
+    members = _ensemble_members(cfg.ensemble, task, label_names) if cfg.ensemble else None
     splits = {split: load_task_split(task, split) for split in ("dev", "test") if getattr(task, split)}
     report_split = "test" if "test" in splits else "dev"
     # Each model reads the text through its own tokenizer (a BiLSTM student has its own vocabulary).
@@ -144,12 +157,17 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
             loaded[role], rows, cfg.batch_size, artifacts[role].tokenizer.pad_token_id, device), rows)
                for split, rows in data[role].items()}
         for role in artifacts}
+    if members:
+        split_scores["ensemble"], ensemble_row = _score_ensemble(members, task, label_names, splits, cfg.batch_size,
+                                                                 device)
     latency = _time_rows(cfg.latency, task, splits[report_split], artifacts, loaded) if cfg.latency.enabled else {}
     models = {role: {"path": artifact.path, "runtime": artifact.runtime, "precision": artifact.precision,
                      "metrics": split_scores[role][report_split], "size_mb": artifact.size_mb,
                      "parameters": artifact.parameters or count_parameters(loaded[role]),
                      **latency.get(role, {"latency": {}})}
               for role, artifact in artifacts.items()}
+    if members:
+        models["ensemble"] = {**ensemble_row, "metrics": split_scores["ensemble"][report_split], "latency": {}}
     report = complete_report({
         "task": {"name": cfg.name or Path(task.train or task.dev or "task").stem, "type": task.type,
                  "split": report_split, "rows": len(splits[report_split]), "labels": label_names},
@@ -170,6 +188,53 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     lines += [f"{what}: {plot}" for what, plot in (("training curves", curves), ("deployment plot", deployment))
               if plot]
     return "\n".join(lines)
+
+
+def ensemble_predictions(member_logits: list[list[np.ndarray]], task_type: str) -> list[np.ndarray]:
+    """Per example, the ensemble's output from each member's logits (`member_logits[k][i]`: member k,
+    example i, (C,) or (L_i, C) for token tasks): (1/K) sum_k softmax(z_k) at T = 1, or for regression
+    the mean prediction. Its argmax is the ensemble's label, so `score_predictions` takes it as logits."""
+    mode = "logits" if task_type == "regression" else "probabilities"
+    return [ensemble_targets([torch.from_numpy(np.asarray(logits[i], dtype=np.float32)) for logits in member_logits],
+                             1.0, mode).numpy() for i in range(len(member_logits[0]))]
+
+
+def _ensemble_members(paths: list[str], task: TaskConfig, label_names: list[str] | None) -> list[tuple]:
+    """(path, role, tokenizer, permutation into the teacher's label order) per member, checked before any
+    scoring: label names (as for the teacher), sequence length, and one vocabulary for all."""
+    members = []
+    for index, path in enumerate(paths):
+        role = f"ensemble[{index}]"
+        config, tokenizer = load_model_config(path, role), load_tokenizer(path, f"{role} tokenizer")
+        order = check_label_map(config, label_names, role)
+        check_seq_len(task, config)
+        if members and tokenizer.get_vocab() != members[0][2].get_vocab():
+            raise ModelError(f"{role}: {path} has another vocabulary than ensemble[0] {paths[0]}; the members "
+                             "must read the same token ids")
+        members.append((path, role, tokenizer, label_permutation(order, label_names)))
+    return members
+
+
+def _score_ensemble(members: list[tuple], task: TaskConfig, label_names, splits: dict, batch_size: int,
+                    device) -> tuple[dict, dict]:
+    """({split: metrics} of the averaged probabilities, the report row's other fields); members are
+    loaded one at a time."""
+    tokenizer = members[0][2]
+    data = {split: tokenize_task(raw, tokenizer, task, label_names, split) for split, raw in splits.items()}
+    logits = {split: [] for split in data}
+    parameters, size_mb = 0, 0.0
+    for path, role, _, order in members:
+        model = load_pretrained(model_class_for(task.type), path, role, dtype=torch.float32).to(device).eval()
+        parameters, size_mb = parameters + count_parameters(model), size_mb + _weights_mb(Path(path))
+        for split, rows in data.items():
+            member = predict_logits(model, rows, batch_size, tokenizer.pad_token_id, device)
+            logits[split].append(member if order is None else [z[..., order] for z in member])
+        del model
+    scores = {split: score_predictions(task, label_names, ensemble_predictions(logits[split], task.type), rows)
+              for split, rows in data.items()}
+    row = {"path": " + ".join(path for path, *_ in members), "runtime": "pytorch", "precision": "fp32",
+           "members": [path for path, *_ in members], "size_mb": size_mb, "parameters": parameters}
+    return scores, row
 
 
 def _time_rows(cfg: LatencyConfig, task: TaskConfig, rows, artifacts: dict[str, Artifact], loaded: dict) -> dict:

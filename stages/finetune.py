@@ -6,7 +6,12 @@ start and of the gold end over each window's [CLS] and context positions.
 
 Output (`output_dir`): the best model on dev (or the last, without dev) in `save_pretrained` format,
 with its label map (`id2label`/`label2id`) in config.json and the tokenizer; `metrics.json` (dev and
-test scores of that model); `train_log.jsonl`; `checkpoints/`; `best/`; `tinydistill_run.json` last.
+test scores of that model, its step and epoch, and the epochs trained); `train_log.jsonl`;
+`checkpoints/`; `best/`; `tinydistill_run.json` last.
+
+With `early_stopping.patience`, training stops once the dev metric has not improved for that many
+evaluations in a row (once per epoch, or every `eval_every` steps); `train.epochs` (or
+`train.max_steps`) is the cap, and the learning-rate schedule is planned over the cap.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import torch
 
 from pipeline.checkpoints import mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
+from pipeline.errors import ConfigError
 from pipeline.losses import hard_cross_entropy, logits_mse
+from pipeline.metrics import main_metric, metric_names
 from pipeline.models import (
     count_parameters,
     forward_input_names,
@@ -40,7 +47,23 @@ from pipeline.tasks import (
     task_logits,
     tokenize_splits,
 )
-from pipeline.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
+from pipeline.train_loop import BEST_DIR, dev_evaluation, planned_steps, train_on_task_data
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Fine-tune to the dev plateau: stop after `patience` dev evaluations in a row without a new best
+    (null: train to the cap). `metric`: the dev metric that decides, and picks the saved model;
+    default the task's main metric."""
+
+    patience: int | None = None
+    metric: str | None = None
+
+    def __post_init__(self):
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"early_stopping.patience: must be >= 1, got {self.patience}")
+        if self.metric is not None and self.patience is None:
+            raise ConfigError("early_stopping.metric: only used with early_stopping.patience; set both or neither")
 
 
 @dataclass(frozen=True)
@@ -51,10 +74,13 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_every: int | None = None  # steps between dev evaluations; default once per epoch
     eval_batch_size: int = 64
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     overwrite: bool = False
 
     def __post_init__(self):
         self.train.without_teacher()
+        if self.early_stopping.patience is not None and not self.task.dev:
+            raise ConfigError("early_stopping.patience: needs task.dev (the dev metric decides when to stop)")
 
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
@@ -66,6 +92,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
            "dev": load_task_split(cfg.task, "dev") if cfg.task.dev else None,
            "test": load_task_split(cfg.task, "test") if cfg.task.test else None}
     label_names = label_names_from(cfg.task, raw["train"])
+    stopping_metric = _stopping_metric(cfg, label_names)
     data = tokenize_splits(cfg.task, tokenizer, label_names, raw)
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -94,7 +121,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         tokenizer.save_pretrained(directory)
 
     evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, tokenizer.pad_token_id,
-                                accelerator.device, cfg.eval_every, save_model)
+                                accelerator.device, cfg.eval_every, save_model, metric=stopping_metric,
+                                patience=cfg.early_stopping.patience)
     header = {"task": task_type, "labels": label_names, "train_rows": len(data["train"]),
               "parameters": count_parameters(model)}
     model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, train, output_dir,
@@ -108,7 +136,28 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         save_model(final, output_dir)
         metrics = score_splits(cfg.task, label_names, final, data, cfg.eval_batch_size, tokenizer.pad_token_id,
                                accelerator.device)
-        write_json(output_dir / "metrics.json", {"best_step": state.best_step, **metrics})
-        mark_finished(output_dir, {"stage": "finetune", "steps": state.step, **metrics})
+        epochs = _epochs_record(train, state, len(data["train"]), accelerator.num_processes)
+        write_json(output_dir / "metrics.json", {"best_step": state.best_step, **epochs, **metrics})
+        mark_finished(output_dir, {"stage": "finetune", "steps": state.step, **epochs, **metrics})
     accelerator.wait_for_everyone()
     return output_dir
+
+
+def _stopping_metric(cfg: FinetuneConfig, label_names: list[str] | None) -> str | None:
+    """The dev metric early stopping watches (None without early stopping), checked against the task's."""
+    if cfg.early_stopping.patience is None:
+        return None
+    metric = cfg.early_stopping.metric or main_metric(cfg.task.type)
+    known = metric_names(cfg.task.type, len(label_names) if label_names else None)
+    if metric not in known:
+        raise ConfigError(f"early_stopping.metric: {metric!r} is not a {cfg.task.type} metric here "
+                          f"(one of: {', '.join(known)})")
+    return metric
+
+
+def _epochs_record(train: TrainConfig, state, train_rows: int, world_size: int) -> dict:
+    """Epochs trained and the saved model's epoch (fractions when dev runs every `eval_every` steps)."""
+    cap, per_epoch = planned_steps(train_rows, train, world_size)
+    saved_step = state.best_step if state.best_metric is not None else state.step
+    return {"epochs_used": round(state.step / per_epoch, 2), "best_epoch": round(saved_step / per_epoch, 2),
+            "epochs_cap": round(cap / per_epoch, 2), "stopped_early": state.step < cap}
