@@ -193,10 +193,20 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
 def ensemble_predictions(member_logits: list[list[np.ndarray]], task_type: str) -> list[np.ndarray]:
     """Per example, the ensemble's output from each member's logits (`member_logits[k][i]`: member k,
     example i, (C,) or (L_i, C) for token tasks): (1/K) sum_k softmax(z_k) at T = 1, or for regression
-    the mean prediction. Its argmax is the ensemble's label, so `score_predictions` takes it as logits."""
+    the mean prediction; extractive QA ((L_i, 2) per window): the log of the averaged start and end
+    distributions over positions, which span decoding reads as logits. Its argmax is the ensemble's label,
+    so `score_predictions` takes it as logits."""
+    if task_type == "qa":  # per window (L, 2): the log of the averaged distributions over positions
+        return [np.log(np.mean([_softmax_positions(np.asarray(logits[i], dtype=np.float64)) for logits in member_logits],
+                               axis=0)).astype(np.float32) for i in range(len(member_logits[0]))]
     mode = "logits" if task_type == "regression" else "probabilities"
     return [ensemble_targets([torch.from_numpy(np.asarray(logits[i], dtype=np.float32)) for logits in member_logits],
                              1.0, mode).numpy() for i in range(len(member_logits[0]))]
+
+
+def _softmax_positions(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return shifted / shifted.sum(axis=0, keepdims=True)
 
 
 def _ensemble_members(paths: list[str], task: TaskConfig, label_names: list[str] | None) -> list[tuple]:
@@ -206,7 +216,7 @@ def _ensemble_members(paths: list[str], task: TaskConfig, label_names: list[str]
     for index, path in enumerate(paths):
         role = f"ensemble[{index}]"
         config, tokenizer = load_model_config(path, role), load_tokenizer(path, f"{role} tokenizer")
-        order = check_label_map(config, label_names, role)
+        order = check_label_map(config, label_names, role, task_type=task.type)
         check_seq_len(task, config)
         if members and tokenizer.get_vocab() != members[0][2].get_vocab():
             raise ModelError(f"{role}: {path} has another vocabulary than ensemble[0] {paths[0]}; the members "

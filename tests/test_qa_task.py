@@ -205,3 +205,16 @@ def test_augment_varies_the_question_and_keeps_context_and_answers(qa_files, tmp
     cfg = TaskConfig(**qa_task(qa_files))
     windows = tokenize_task(load_transfer(cfg, str(out)), qa_tokenizer(tmp_path / "tok"), cfg, None, "transfer")
     assert len(windows) == len(transfer)  # every answer_start still matches its context
+
+
+def test_an_ensemble_averages_start_and_end_distributions_over_positions():
+    import numpy as np
+
+    from stages.evaluate import ensemble_predictions
+
+    # member 1: uniform starts; member 2: starts 1:4:1. Mean start distribution 1/4, 1/2, 1/4; ends uniform.
+    member_1 = [np.zeros((3, 2), dtype=np.float32)]
+    member_2 = [np.stack([np.log([1.0, 4.0, 1.0]), np.zeros(3)], axis=-1).astype(np.float32)]
+    (combined,) = ensemble_predictions([member_1, member_2], "qa")
+    np.testing.assert_allclose(np.exp(combined[:, 0]), [0.25, 0.5, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(np.exp(combined[:, 1]), [1 / 3] * 3, rtol=1e-6)
