@@ -155,6 +155,8 @@ def metric_names(task_type: str, num_labels: int | None = None) -> tuple[str, ..
         return ("accuracy", "macro_f1", "mcc") if num_labels == 2 else ("accuracy", "macro_f1")
     if task_type == "regression":
         return ("pearson", "spearman", "corr")
+    if task_type == "qa":
+        return ("exact_match", "f1")
     return ("entity_precision", "entity_recall", "entity_f1", "token_accuracy")
 
 

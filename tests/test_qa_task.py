@@ -73,7 +73,7 @@ def qa_teacher(tmp_path_factory, qa_files) -> Path:
     out = tmp_path_factory.mktemp("qa_teacher") / "ft"
     run_finetune(from_dict(FinetuneConfig, {
         "model": str(base), "task": qa_task(qa_files), "output_dir": str(out),
-        "train": quiet_train(epochs=20, lr=3e-3, warmup_ratio=0.0),
+        "train": quiet_train(epochs=20, lr=3e-3, warmup_ratio=0.0), "early_stopping": {"patience": 20},
     }))
     return out
 
@@ -116,8 +116,9 @@ def test_windows_collate_to_gold_spans_and_a_position_mask(qa_files, tmp_path):
 
 
 def test_finetune_task_and_evaluate_an_extractive_qa_student(qa_teacher, qa_files, tmp_path):
-    teacher_metrics = json.loads((qa_teacher / "metrics.json").read_text())["dev"]
-    assert set(teacher_metrics) == {"exact_match", "f1"}
+    saved = json.loads((qa_teacher / "metrics.json").read_text())
+    teacher_metrics = saved["dev"]
+    assert set(teacher_metrics) == {"exact_match", "f1"} and saved["epochs_cap"] == 20  # early stopping reads dev F1
     assert teacher_metrics["f1"] > 0.8  # 20 epochs on its own dev rows: the gold spans were learned
     model = AutoModelForQuestionAnswering.from_pretrained(qa_teacher)
     assert model.config.num_labels == 2
