@@ -26,9 +26,10 @@ import torch
 from transformers import BertTokenizer, PreTrainedModel
 
 from pipeline.config import atomic_write_text
-from pipeline.errors import ModelError
+from pipeline.corpus import count_stream_tokens
+from pipeline.errors import DataError, ModelError
 from pipeline.models import load_tokenizer
-from pipeline.schema import StudentConfig
+from pipeline.schema import CorpusConfig, StudentConfig
 
 NAMED_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -174,7 +175,7 @@ def student_vocabulary(cfg: StudentConfig, teacher_tokenizer, teacher_source: st
 
     A checkpoint student saved with a smaller tokenizer (a pruned stage-one output) keeps it. With
     `cfg.vocab == "prune"`, `count_ids()` (teacher-id counts over the text the student trains on, and a
-    few of those texts) decides which rows stay, the student is shrunk in place, and its tokenizer is
+    few of those texts) plus the counts of `cfg.vocab_texts` decide which rows stay, the student is shrunk in place, and its tokenizer is
     built and checked on the texts.
     """
     current, tokenizer = None, teacher_tokenizer
@@ -186,6 +187,12 @@ def student_vocabulary(cfg: StudentConfig, teacher_tokenizer, teacher_source: st
         return current, tokenizer
     check_wordpiece(teacher_tokenizer, teacher_source)
     counts, probe_texts = count_ids()
+    for index, path in enumerate(cfg.vocab_texts or []):
+        try:
+            more, texts = count_stream_tokens(CorpusConfig(path=path), teacher_tokenizer, teacher_size)
+        except DataError as err:
+            raise DataError(f"student.vocab_texts[{index}]: {err}") from None
+        counts, probe_texts = counts + more, probe_texts + texts
     pruned = prune(counts, cfg.vocab_min_count, teacher_tokenizer, teacher_size, current)
     gather_vocab_rows(student, current.old_to_new()[pruned.kept_ids] if current else pruned.kept_ids)
     tokenizer = pruned_tokenizer(teacher_tokenizer, pruned)

@@ -24,18 +24,17 @@ from transformers import (
 from pipeline.config import from_dict
 from pipeline.corpus import TrainingCorpus
 from pipeline.corpus.prepare import prepare_corpus
-from pipeline.errors import ConfigError, ModelError
+from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.prune_vocab import (
     check_wordpiece,
     count_token_ids,
     gather_vocab_rows,
     prune,
     pruned_tokenizer,
+    student_vocabulary,
 )
-from pipeline.prune_vocab import (
-    save_tokenizer as save_student_tokenizer,
-)
-from pipeline.schema import CorpusConfig, TrainConfig
+from pipeline.prune_vocab import save_tokenizer as save_student_tokenizer
+from pipeline.schema import CorpusConfig, StudentConfig, TrainConfig
 from stages.finetune import FinetuneConfig, run_finetune
 from stages.general import GeneralConfig, run_general
 from stages.task import TaskDistillConfig, run_task
@@ -169,11 +168,29 @@ def test_a_prepared_corpus_counts_the_same_tokens_as_its_stream(teacher_dir, tmp
     ({"vocab": "prune", "vocab_min_count": 0}, "student.vocab_min_count: must be >= 1, got 0"),
     ({"vocab_min_count": 2}, "student.vocab_min_count: only used when student.vocab is 'prune'"),
     ({"vocab": "all"}, "student.vocab: must be one of 'full', 'prune'"),
+    ({"vocab_texts": ["t.txt"]}, "student.vocab_texts: only used when student.vocab is 'prune'"),
 ])
 def test_bad_vocab_settings_are_one_line_errors(student, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(GeneralConfig, {"teacher": "t", "corpus": {"path": "c.txt"}, "output_dir": "o",
                                   "student": student})
+
+
+def test_vocab_texts_are_counted_with_the_training_text(teacher_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    extra = write_corpus(tmp_path / "task_text.txt", UNSEEN, repeat=1)
+    cfg = StudentConfig(vocab="prune", vocab_texts=[str(extra)])
+    seen_ids = tokenizer(SEEN, add_special_tokens=False)["input_ids"]
+    student = BertModel.from_pretrained(teacher_dir)
+    vocab_map, student_tokenizer = student_vocabulary(
+        cfg, tokenizer, str(teacher_dir), len(tokenizer), student,
+        lambda: (count_token_ids(seen_ids, len(tokenizer)), SEEN))
+    assert vocab_map.size == len(tokenizer) == student.config.vocab_size  # the eight sentences: every token
+    assert student_tokenizer(UNSEEN[0])["input_ids"] == tokenizer(UNSEEN[0])["input_ids"]
+    missing = StudentConfig(vocab="prune", vocab_texts=[str(tmp_path / "missing.txt")])
+    with pytest.raises(DataError, match=r"student.vocab_texts\[0\]: corpus path not found"):
+        student_vocabulary(missing, tokenizer, str(teacher_dir), len(tokenizer), BertModel.from_pretrained(teacher_dir),
+                           lambda: (count_token_ids(seen_ids, len(tokenizer)), SEEN))
 
 
 def test_a_tokenizer_that_is_not_wordpiece_is_refused():

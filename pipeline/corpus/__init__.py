@@ -22,7 +22,7 @@ SAMPLE_TEXTS = 200  # lines kept while counting, to check a pruned tokenizer aga
 STREAM_ONLY = ("format", "text_column", "hub_config", "hub_split", "shuffle_buffer", "max_line_chars",
                "num_workers", "prefetch_batches")
 
-__all__ = ["TrainingCorpus", "open_training_corpus", "pad_batch"]
+__all__ = ["TrainingCorpus", "count_stream_tokens", "open_training_corpus", "pad_batch"]
 
 
 def open_training_corpus(cfg: CorpusConfig, tokenizer, accelerator, train: TrainConfig,
@@ -115,17 +115,7 @@ class TrainingCorpus:
                                                                                   .astype("int64"))[:, None]
                     counts += torch.bincount(ids[real], minlength=vocab_size)
             return counts, []
-        source = open_source(self.cfg)
-        texts, sample = [], []
-        for row, _where in source.rows(list(range(len(getattr(source, "files", [])) or 1)), None):
-            if row.text and not row.bad:
-                texts.append(row.text)
-            if len(texts) == COUNT_BATCH_LINES:
-                counts += _count_lines(tokenizer, texts, vocab_size)
-                sample, texts = sample or texts[:SAMPLE_TEXTS], []
-        if texts:
-            counts += _count_lines(tokenizer, texts, vocab_size)
-        return counts, sample or texts[:SAMPLE_TEXTS]
+        return count_stream_tokens(self.cfg, tokenizer, vocab_size)
 
     def skipped_lines(self) -> dict[str, int]:
         return self.prepared.manifest["skipped"] if self.prepared is not None else self.stream.skipped_lines()
@@ -137,6 +127,22 @@ class TrainingCorpus:
                     "steps_per_epoch": self.prepared.batches_per_epoch // (self.train.grad_accum or 1)}
         return {"corpus": "streamed", "num_workers": self.cfg.num_workers, "packing": self.cfg.packing,
                 "block_lines": self.stream.corpus.block_lines}
+
+
+def count_stream_tokens(cfg: CorpusConfig, tokenizer, vocab_size: int) -> tuple[torch.Tensor, list[str]]:
+    """(how often each id occurs in the texts of `cfg.path`, read once as a stream, a few of the texts)."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    source = open_source(cfg)
+    texts, sample = [], []
+    for row, _where in source.rows(list(range(len(getattr(source, "files", [])) or 1)), None):
+        if row.text and not row.bad:
+            texts.append(row.text)
+        if len(texts) == COUNT_BATCH_LINES:
+            counts += _count_lines(tokenizer, texts, vocab_size)
+            sample, texts = sample or texts[:SAMPLE_TEXTS], []
+    if texts:
+        counts += _count_lines(tokenizer, texts, vocab_size)
+    return counts, sample or texts[:SAMPLE_TEXTS]
 
 
 def _count_lines(tokenizer, texts: list[str], vocab_size: int) -> torch.Tensor:
