@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import PartialState
-from conftest import CHINESE_SENTENCES, make_bert, save_tokenizer
+from conftest import CHINESE_SENTENCES, interrupt_after, make_bert, save_tokenizer
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models
 from transformers import (
     AutoModel,
@@ -237,6 +238,26 @@ def test_stage_one_with_a_pruned_vocabulary_saves_a_loadable_smaller_student(obj
     assert start_event(out)["student_vocab"] == expected.size < start_event(out)["teacher_vocab"] == len(tokenizer)
     assert_loads_and_reads_text(out, AutoModelForMaskedLM if objective == "distilbert" else AutoModel,
                                 expected.size)
+
+
+def test_a_killed_pruned_stage_one_run_resumes_exactly(teacher_dir, tmp_path, monkeypatch):
+    corpus = write_corpus(tmp_path / "corpus.txt", SEEN)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train = {"max_steps": 6, "save_every": 2}
+    config = general_config(teacher_dir, corpus, straight)
+    config["train"].update(train)
+    run_general(from_dict(GeneralConfig, config))
+    config = general_config(teacher_dir, corpus, resumed)
+    config["train"].update(train)
+    interrupt_after(3, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_general(from_dict(GeneralConfig, config))
+    monkeypatch.undo()
+    config["train"]["resume_from"] = "auto"
+    run_general(from_dict(GeneralConfig, config))
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.fixture(scope="module")
