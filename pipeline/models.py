@@ -176,12 +176,17 @@ def _apply_dropout(config: PretrainedConfig, dropout: float | None) -> None:
 
 
 def check_teacher_student_fit(teacher_config: PretrainedConfig, student_config: PretrainedConfig,
-                              attention_weight: float, attention_heads: str, max_seq_len: int) -> None:
-    """Fail before compute when teacher and student cannot be distilled against each other."""
-    if teacher_config.vocab_size != student_config.vocab_size:
+                              attention_weight: float, attention_heads: str, max_seq_len: int,
+                              vocab_map=None) -> None:
+    """Fail before compute when teacher and student cannot be distilled against each other. `vocab_map`
+    (a `pipeline.prune_vocab.VocabMap`) is the student's pruned vocabulary, if it has one."""
+    student_vocab = vocab_map.size if vocab_map is not None else teacher_config.vocab_size
+    if student_vocab != student_config.vocab_size:
         raise ModelError(
             f"teacher vocabulary has {teacher_config.vocab_size} entries, student {student_config.vocab_size}: "
             "both must read the same token ids"
+            if vocab_map is None else
+            f"the student's tokenizer has {student_vocab} tokens, its model {student_config.vocab_size} rows"
         )
     t_heads, s_heads = teacher_config.num_attention_heads, student_config.num_attention_heads
     if attention_weight > 0 and attention_heads == "per_head" and t_heads != s_heads:

@@ -21,6 +21,11 @@ class StudentConfig:
     init: `config` (a fresh model: a preset and/or explicit sizes, the teacher's vocabulary),
     `teacher_layers` (copy the teacher's embeddings and some of its layers, DistilBERT style),
     `checkpoint` (an earlier tinydistill student, or any saved BERT-like model).
+    vocab: `full` (the teacher's vocabulary, or a checkpoint's own) or `prune` (keep the tokens of the text
+    the student trains on, and of `vocab_texts` if given, that occur at least `vocab_min_count` times, plus
+    the special tokens; see pipeline/prune_vocab.py). `vocab_texts`: more text to count, read as a
+    corpus.path is (files, folders, globs; JSONL/CSV with a `text` column), e.g. the task's train split in
+    stage one, so that a student pruned there still knows the task's tokens.
     """
 
     init: Literal["config", "teacher_layers", "checkpoint"] = "config"
@@ -32,8 +37,17 @@ class StudentConfig:
     dropout: float | None = None
     copy_teacher_layers: list[int] | None = None
     checkpoint: str | None = None
+    vocab: Literal["full", "prune"] = "full"
+    vocab_min_count: int = 1
+    vocab_texts: list[str] | None = None
 
     def __post_init__(self):
+        if self.vocab_min_count < 1:
+            raise ConfigError(f"student.vocab_min_count: must be >= 1, got {self.vocab_min_count}")
+        if self.vocab == "full" and self.vocab_min_count != 1:
+            raise ConfigError("student.vocab_min_count: only used when student.vocab is 'prune'")
+        if self.vocab == "full" and self.vocab_texts is not None:
+            raise ConfigError("student.vocab_texts: only used when student.vocab is 'prune'")
         if self.init == "checkpoint" and not self.checkpoint:
             raise ConfigError("student.checkpoint: required when student.init is 'checkpoint'")
         if self.init != "checkpoint" and self.checkpoint:

@@ -58,6 +58,7 @@ from pipeline.models import (
     load_tokenizer,
 )
 from pipeline.projections import Projections, build_projections
+from pipeline.prune_vocab import describe, save_tokenizer, student_batch, student_vocabulary
 from pipeline.runtime import TrainState, make_accelerator
 from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 from pipeline.train_loop import train_model
@@ -135,11 +136,12 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     student = build_student(cfg.student, teacher_config, cfg.teacher)
     architecture_of(student.config, "student")
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
+    vocab_map, student_tokenizer = _student_vocabulary(cfg, tokenizer, teacher_config, student, corpus)
     check_teacher_student_fit(teacher_config, student.config, cfg.loss.attention, cfg.loss.attention_heads,
-                              cfg.corpus.max_seq_len)
+                              cfg.corpus.max_seq_len, vocab_map)
     layer_map = intermediate_layer_map(cfg.mapping, cfg.loss, teacher_config.num_hidden_layers,
                                        student.config.num_hidden_layers)
-    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
@@ -157,15 +159,17 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
         "student_params": count_parameters(student),
         "projection_params": count_parameters(projections),
         "teacher_dtype": train.teacher_dtype,
+        **describe(vocab_map, teacher_config.vocab_size),
         **corpus.describe(),
     }
+    lookup = vocab_map.old_to_new().to(accelerator.device) if vocab_map else None
     teacher_layers, student_layers = scored_layers(layer_map, cfg.loss)
     with capture_attention_scores(teacher, teacher_layers) as teacher_captured, \
             capture_attention_scores(student, student_layers) as student_captured:
 
         def compute_terms(model, batch, progress):
             teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
-            projected = model(**batch)
+            projected = model(**student_batch(batch, lookup))
             return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
                                            layer_map, cfg.loss, batch["attention_mask"])
 
@@ -178,7 +182,7 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
             compute_terms, train, output_dir, total_steps, "general distillation", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
-    _save_student(accelerator, model, tokenizer, output_dir, state)
+    _save_student(accelerator, model, student_tokenizer, output_dir, state)
     return output_dir
 
 
@@ -192,7 +196,8 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
     corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
     teacher = load_masked_lm_teacher(cfg.teacher, train.teacher_dtype)
     student = build_student(cfg.student, teacher_config, cfg.teacher, model_class=AutoModelForMaskedLM)
-    check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
+    vocab_map, student_tokenizer = _student_vocabulary(cfg, tokenizer, teacher_config, student, corpus)
+    check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len, vocab_map)
     widths = (student.config.hidden_size, teacher_config.hidden_size)
     if cfg.distilbert.cosine > 0 and widths[0] != widths[1]:
         raise ConfigError(
@@ -208,6 +213,8 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
 
     teacher = teacher.to(accelerator.device)
     weights = cfg.distilbert
+    lookup = vocab_map.old_to_new().to(accelerator.device) if vocab_map else None
+    kept_ids = vocab_map.kept_ids.to(accelerator.device) if vocab_map else None
 
     def batches_from(state: TrainState):
         batches = corpus.batches_from(state)
@@ -217,14 +224,19 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
     def compute_terms(model, batch, progress):
         labels = batch.pop("labels")
         needs_hidden = weights.cosine > 0
-        student_out = model(**batch, output_hidden_states=needs_hidden)
+        student_out = model(**student_batch(batch, lookup), output_hidden_states=needs_hidden)
         # no_grad rather than inference_mode: the KL keeps teacher probabilities for backward.
         with torch.no_grad():
             teacher_out = teacher(**batch, output_hidden_states=needs_hidden)
+        masked = labels != IGNORE_INDEX
+        # A pruned student predicts over its own vocabulary: the teacher's distribution over those tokens
+        # (renormalised by the softmax) and the labels in student ids.
+        teacher_logits = teacher_out.logits if kept_ids is None else teacher_out.logits[..., kept_ids]
+        if lookup is not None:
+            labels = torch.where(masked, lookup[labels.clamp(min=0)], labels)
         terms = {}
         if weights.soft_ce > 0:
-            terms["soft_ce"] = soft_target_kl(student_out.logits, teacher_out.logits, weights.temperature,
-                                              labels != IGNORE_INDEX)
+            terms["soft_ce"] = soft_target_kl(student_out.logits, teacher_logits, weights.temperature, masked)
         if weights.mlm > 0:
             terms["mlm"] = masked_lm_loss(student_out.logits, labels, IGNORE_INDEX)
         if needs_hidden:
@@ -242,13 +254,14 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
         "weights (soft_ce, mlm, cosine)": [weights.soft_ce, weights.mlm, weights.cosine],
         "mlm_probability": weights.mlm_probability,
         "whole_word_masking": weights.whole_word_masking,
+        **describe(vocab_map, teacher_config.vocab_size),
         **corpus.describe(),
     }
     model, state, log = train_model(accelerator, student, batches_from, compute_terms, train, output_dir,
                                     total_steps, "general distillation (distilbert)", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
-    _save_model(accelerator, model, tokenizer, output_dir, state, "distilbert")
+    _save_model(accelerator, model, student_tokenizer, output_dir, state, "distilbert")
     return output_dir
 
 
@@ -260,10 +273,11 @@ def _run_minilmv2(cfg: GeneralConfig) -> Path:
     tokenizer = load_tokenizer(cfg.teacher, "teacher tokenizer")
     student = build_student(cfg.student, teacher_config, cfg.teacher)
     architecture_of(student.config, "student")
-    check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len)
+    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
+    vocab_map, student_tokenizer = _student_vocabulary(cfg, tokenizer, teacher_config, student, corpus)
+    check_teacher_student_fit(teacher_config, student.config, 0.0, "average", cfg.corpus.max_seq_len, vocab_map)
     teacher_layer = check_relation_shapes(cfg.minilmv2, teacher_config, student.config)
     student_layer = student.config.num_hidden_layers
-    corpus, total_steps = open_training_corpus(cfg.corpus, tokenizer, accelerator, train, "teacher")
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, cfg.overwrite, train.resume_from)
@@ -276,14 +290,15 @@ def _run_minilmv2(cfg: GeneralConfig) -> Path:
               "relation_heads": cfg.minilmv2.relation_heads,
               "weights (qq, kk, vv)": [cfg.minilmv2.qq, cfg.minilmv2.kk, cfg.minilmv2.vv],
               "teacher_params": count_parameters(teacher), "student_params": count_parameters(student),
-              **corpus.describe()}
+              **describe(vocab_map, teacher_config.vocab_size), **corpus.describe()}
+    lookup = vocab_map.old_to_new().to(accelerator.device) if vocab_map else None
     with capture_qkv(teacher, [teacher_layer]) as teacher_qkv, capture_qkv(student, [student_layer]) as student_qkv:
 
         def compute_terms(model, batch, progress):
             with torch.no_grad():
                 teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         token_type_ids=batch.get("token_type_ids"))
-            model(**batch)
+            model(**student_batch(batch, lookup))
             return relation_terms(student_qkv[student_layer], teacher_qkv[teacher_layer], batch["attention_mask"],
                                   cfg.minilmv2)
 
@@ -294,8 +309,14 @@ def _run_minilmv2(cfg: GeneralConfig) -> Path:
                                         output_dir, total_steps, "general distillation (minilmv2)", header)
     log.event("skipped_lines", rank=accelerator.process_index, **corpus.skipped_lines())
     log.close()
-    _save_model(accelerator, model, tokenizer, output_dir, state, "minilmv2")
+    _save_model(accelerator, model, student_tokenizer, output_dir, state, "minilmv2")
     return output_dir
+
+
+def _student_vocabulary(cfg: GeneralConfig, tokenizer, teacher_config, student, corpus):
+    """(VocabMap or None, the student's tokenizer); `student.vocab: prune` counts the whole corpus."""
+    return student_vocabulary(cfg.student, tokenizer, cfg.teacher, teacher_config.vocab_size, student,
+                              lambda: corpus.token_counts(tokenizer, teacher_config.vocab_size))
 
 
 def _save_model(accelerator, model, tokenizer, output_dir: Path, state: TrainState, objective: str) -> None:
@@ -303,7 +324,7 @@ def _save_model(accelerator, model, tokenizer, output_dir: Path, state: TrainSta
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
+        save_tokenizer(tokenizer, output_dir)
         mark_finished(output_dir, {"stage": "general", "objective": objective, "steps": state.step,
                                    "tokens_seen": state.tokens_seen})
     accelerator.wait_for_everyone()
@@ -314,7 +335,7 @@ def _save_student(accelerator, model, tokenizer, output_dir: Path, state: TrainS
     if accelerator.is_main_process:
         unwrapped = model
         unwrapped.student.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
+        save_tokenizer(tokenizer, output_dir)
         unwrapped.projections.save(output_dir)
         mark_finished(output_dir, {"stage": "general", "steps": state.step, "tokens_seen": state.tokens_seen})
     accelerator.wait_for_everyone()

@@ -56,6 +56,14 @@ from pipeline.models import (
 )
 from pipeline.prediction import PredictionLossConfig, prediction_terms
 from pipeline.projections import Projections, build_projections
+from pipeline.prune_vocab import (
+    VocabMap,
+    count_token_ids,
+    describe,
+    save_tokenizer,
+    student_batch,
+    student_vocabulary,
+)
 from pipeline.runtime import make_accelerator, process_state
 from pipeline.schema import IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 from pipeline.tasks import (
@@ -156,13 +164,18 @@ def run_task(cfg: TaskDistillConfig) -> Path:
                             **label_maps(label_names, task.type))
     if cfg.intermediate.enabled:
         architecture_of(student.config, "student")
-    check_teacher_student_fit(teacher_config, student.config, cfg.intermediate.loss.attention,
-                              cfg.intermediate.loss.attention_heads, task.max_seq_len)
-    layer_map = intermediate_layer_map(cfg.mapping, cfg.intermediate.loss, teacher_config.num_hidden_layers,
-                                       student.config.num_hidden_layers)
     needs_labels = cfg.prediction.enabled and cfg.prediction.loss.needs_labels
     transfer = tokenize_task(raw_transfer, tokenizer, task, label_names, "transfer", need_labels=needs_labels)
-    data = tokenize_splits(task, tokenizer, label_names, {
+    # The teacher reads the transfer set as tokenised here; the student reads it through vocab_map, and
+    # dev and test with its own tokenizer, as it will be used.
+    vocab_map, student_tokenizer = student_vocabulary(
+        cfg.student, tokenizer, cfg.teacher, teacher_config.vocab_size, student,
+        lambda: (count_token_ids(transfer["input_ids"], teacher_config.vocab_size), _sample_texts(task, raw_transfer)))
+    check_teacher_student_fit(teacher_config, student.config, cfg.intermediate.loss.attention,
+                              cfg.intermediate.loss.attention_heads, task.max_seq_len, vocab_map)
+    layer_map = intermediate_layer_map(cfg.mapping, cfg.intermediate.loss, teacher_config.num_hidden_layers,
+                                       student.config.num_hidden_layers)
+    data = tokenize_splits(task, student_tokenizer, label_names, {
         "dev": load_task_split(task, "dev") if task.dev else None,
         "test": load_task_split(task, "test") if task.test else None,
     })
@@ -172,35 +185,58 @@ def run_task(cfg: TaskDistillConfig) -> Path:
         _prepare(output_dir, cfg)
         write_resolved_config(cfg, output_dir)
     accelerator.wait_for_everyone()
-    pad_id = tokenizer.pad_token_id
+    pad_id = student_tokenizer.pad_token_id
+    vocab = StudentVocab(tokenizer, student_tokenizer, vocab_map)
 
     if cfg.intermediate.enabled:
         step_dir = output_dir / INTERMEDIATE_DIR
         if not (step_dir / FINISHED_MARKER).is_file():
-            _intermediate_step(cfg, student, layer_map, transfer, step_dir, tokenizer)
+            _intermediate_step(cfg, student, layer_map, transfer, step_dir, vocab)
         student = load_pretrained(student_model_class, str(step_dir), "step-1 student", dtype=torch.float32)
 
     if cfg.prediction.enabled:
         step_dir = output_dir / PREDICTION_DIR
         if not (step_dir / FINISHED_MARKER).is_file():
-            _prediction_step(cfg, student, transfer, data, label_names, label_orders, step_dir, tokenizer)
+            _prediction_step(cfg, student, transfer, data, label_names, label_orders, step_dir, vocab)
         student = load_pretrained(student_model_class, str(step_dir), "step-2 student", dtype=torch.float32)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         student.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
+        save_tokenizer(student_tokenizer, output_dir)
         metrics = score_splits(task, label_names, student.to(accelerator.device), data, cfg.eval_batch_size, pad_id,
                                accelerator.device)
         write_json(output_dir / "metrics.json", metrics)
         mark_finished(output_dir, {"stage": "task", "student_params": count_parameters(student),
                                    "teacher_params": parameter_count(teacher_config, student_model_class),
-                                   **metrics})
+                                   **describe(vocab_map, teacher_config.vocab_size), **metrics})
     accelerator.wait_for_everyone()
     return output_dir
 
 
-def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, step_dir: Path, tokenizer) -> None:
+@dataclass(frozen=True)
+class StudentVocab:
+    """The teacher's tokenizer (the transfer set's ids), the student's, and the map between them (None:
+    the student reads the teacher's ids)."""
+
+    teacher_tokenizer: object
+    student_tokenizer: object
+    vocab_map: VocabMap | None
+
+    def lookup(self, device) -> torch.Tensor | None:
+        return self.vocab_map.old_to_new().to(device) if self.vocab_map else None
+
+
+def _sample_texts(task: TaskConfig, raw, n: int = 200) -> list[str]:
+    """A few transfer texts, to check a pruned tokenizer against the teacher's."""
+    rows = raw.select(range(min(n, len(raw))))
+    if task.type == "token":
+        return [" ".join(words) for words in rows[task.tokens]]
+    return list(rows[task.text])
+
+
+def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, step_dir: Path,
+                       vocab: StudentVocab) -> None:
     accelerator, train = make_accelerator(_with_resume(cfg.intermediate.train, cfg.resume_from), step_dir)
     if accelerator.is_main_process:
         prepare_output_dir(step_dir, False, train.resume_from)
@@ -213,14 +249,17 @@ def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, ste
     model = StudentWithProjections(student, projections).to(accelerator.device)
     header = {"step": "1/2 intermediate", "teacher_dtype": train.teacher_dtype,
               "mapping (student->teacher)": layer_map.describe(),
-              "transfer_rows": len(transfer), "student_params": count_parameters(student)}
+              "transfer_rows": len(transfer), "student_params": count_parameters(student),
+              **describe(vocab.vocab_map, teacher.config.vocab_size)}
+    tokenizer, lookup = vocab.teacher_tokenizer, vocab.lookup(accelerator.device)
     teacher_layers, student_layers = scored_layers(layer_map, cfg.intermediate.loss)
     with capture_attention_scores(teacher, teacher_layers) as teacher_captured, \
             capture_attention_scores(student, student_layers) as student_captured:
 
         def compute_terms(model, batch, progress):
             teacher_hidden, teacher_scores = teacher_features(teacher, batch, teacher_captured)
-            projected = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            projected = model(**student_batch(inputs, lookup))
             return intermediate_loss_terms(projected, dict(student_captured), teacher_hidden, teacher_scores,
                                            layer_map, cfg.intermediate.loss, batch["attention_mask"])
 
@@ -233,7 +272,7 @@ def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, ste
     if accelerator.is_main_process:
         model.student.requires_grad_(True)
         model.student.save_pretrained(step_dir)
-        tokenizer.save_pretrained(step_dir)
+        save_tokenizer(vocab.student_tokenizer, step_dir)
         model.projections.save(step_dir)
         mark_finished(step_dir, {"stage": "task/intermediate", "steps": state.step})
     accelerator.wait_for_everyone()
@@ -258,13 +297,15 @@ def _check_ensemble_teachers(cfg: TaskDistillConfig, tokenizer, label_names: lis
 
 
 def _prediction_step(cfg: TaskDistillConfig, student, transfer, data, label_names, label_orders: list,
-                     step_dir: Path, tokenizer) -> None:
+                     step_dir: Path, vocab: StudentVocab) -> None:
     step = cfg.prediction
     accelerator, train = make_accelerator(_with_resume(step.train, cfg.resume_from), step_dir)
     if accelerator.is_main_process:
         prepare_output_dir(step_dir, False, train.resume_from)
     accelerator.wait_for_everyone()
-    pad_id = tokenizer.pad_token_id
+    pad_id = vocab.teacher_tokenizer.pad_token_id  # of the transfer set, which the teachers read
+    student_pad_id = vocab.student_tokenizer.pad_token_id  # of dev and test, which only the student reads
+    lookup = vocab.lookup(accelerator.device)
     task_type = cfg.task.type
     sources = [cfg.teacher, *(cfg.ensemble_teachers or [])]
     columns = [f"teacher_logits_{k}" for k in range(len(sources))]
@@ -291,17 +332,17 @@ def _prediction_step(cfg: TaskDistillConfig, student, transfer, data, label_name
 
     def compute_terms(model, batch, progress):
         inputs = {k: batch[k] for k in student_inputs}
-        student_logits = task_logits(model(**inputs))
+        student_logits = task_logits(model(**student_batch(inputs, lookup)))
         mask = batch["position_mask"] if task_type == "qa" else batch["attention_mask"]  # qa: [CLS] and context
         return prediction_terms(student_logits, teacher_logits(batch, inputs), batch.get("labels"), task_type,
                                 step.loss, progress, mask)
 
     def save_model(model, directory: Path) -> None:
         model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+        save_tokenizer(vocab.student_tokenizer, directory)
 
-    evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, pad_id, accelerator.device,
-                                step.eval_every, save_model)
+    evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, student_pad_id,
+                                accelerator.device, step.eval_every, save_model)
     header = {"step": "2/2 prediction", "teacher_dtype": train.teacher_dtype, "loss": step.loss.kind if task_type != "regression" else "mse",
               "temperature": step.loss.temperature, "teacher_logits": "live" if live_teachers else "cached",
               "teachers": len(sources), "transfer_rows": len(transfer)}

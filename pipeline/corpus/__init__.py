@@ -12,14 +12,17 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.corpus.prepared import PreparedCorpus, is_prepared_corpus
+from pipeline.corpus.sources import open_source
 from pipeline.corpus.stream import StreamReader, pad_batch
 from pipeline.errors import ConfigError, DataError
 from pipeline.schema import CorpusConfig, TrainConfig
 
+COUNT_BATCH_LINES = 1_000  # lines per tokenizer call when counting a streamed corpus
+SAMPLE_TEXTS = 200  # lines kept while counting, to check a pruned tokenizer against the teacher's
 STREAM_ONLY = ("format", "text_column", "hub_config", "hub_split", "shuffle_buffer", "max_line_chars",
                "num_workers", "prefetch_batches")
 
-__all__ = ["TrainingCorpus", "open_training_corpus", "pad_batch"]
+__all__ = ["TrainingCorpus", "count_stream_tokens", "open_training_corpus", "pad_batch"]
 
 
 def open_training_corpus(cfg: CorpusConfig, tokenizer, accelerator, train: TrainConfig,
@@ -97,6 +100,23 @@ class TrainingCorpus:
             return self.prepared.batches_from(state.epoch, state.batches_in_epoch)
         return self.stream.batches_from(state.data_position, state.batches_in_epoch)
 
+    def token_counts(self, tokenizer, vocab_size: int) -> tuple[torch.Tensor, list[str]]:
+        """(how often each id occurs in the whole corpus, a few of its lines), for `student.vocab: prune`.
+
+        A prepared corpus is counted from its rows (a bincount per shard); a stream is read once from the
+        start and tokenised as training tokenises it, on every rank alike.
+        """
+        counts = torch.zeros(vocab_size, dtype=torch.long)
+        if self.prepared is not None:
+            for tokens, lengths in zip(self.prepared.tokens, self.prepared.lengths):
+                for start in range(0, len(lengths), 65_536):
+                    ids = torch.from_numpy(tokens[start:start + 65_536].astype("int64"))
+                    real = torch.arange(ids.shape[1])[None, :] < torch.from_numpy(lengths[start:start + 65_536]
+                                                                                  .astype("int64"))[:, None]
+                    counts += torch.bincount(ids[real], minlength=vocab_size)
+            return counts, []
+        return count_stream_tokens(self.cfg, tokenizer, vocab_size)
+
     def skipped_lines(self) -> dict[str, int]:
         return self.prepared.manifest["skipped"] if self.prepared is not None else self.stream.skipped_lines()
 
@@ -107,3 +127,24 @@ class TrainingCorpus:
                     "steps_per_epoch": self.prepared.batches_per_epoch // (self.train.grad_accum or 1)}
         return {"corpus": "streamed", "num_workers": self.cfg.num_workers, "packing": self.cfg.packing,
                 "block_lines": self.stream.corpus.block_lines}
+
+
+def count_stream_tokens(cfg: CorpusConfig, tokenizer, vocab_size: int) -> tuple[torch.Tensor, list[str]]:
+    """(how often each id occurs in the texts of `cfg.path`, read once as a stream, a few of the texts)."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    source = open_source(cfg)
+    texts, sample = [], []
+    for row, _where in source.rows(list(range(len(getattr(source, "files", [])) or 1)), None):
+        if row.text and not row.bad:
+            texts.append(row.text)
+        if len(texts) == COUNT_BATCH_LINES:
+            counts += _count_lines(tokenizer, texts, vocab_size)
+            sample, texts = sample or texts[:SAMPLE_TEXTS], []
+    if texts:
+        counts += _count_lines(tokenizer, texts, vocab_size)
+    return counts, sample or texts[:SAMPLE_TEXTS]
+
+
+def _count_lines(tokenizer, texts: list[str], vocab_size: int) -> torch.Tensor:
+    ids = [i for row in tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] for i in row]
+    return torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=vocab_size)
