@@ -126,7 +126,7 @@ def task_section(kind: str, data: str, seq: int) -> dict:
             "test": f"{data}/ner/test.jsonl", "max_seq_len": 2 * seq}
 
 
-def qa_train_file(layout: "Layout", budget: dict) -> None:
+def qa_train_file(layout: Layout, budget: dict) -> None:
     """qa/train_bench.jsonl: the first `qa_max_train` QA train examples (three per NER sentence otherwise)."""
     source, target = layout.data / "qa" / "train.jsonl", layout.data / "qa" / "train_bench.jsonl"
     if not target.is_file():
