@@ -11,7 +11,8 @@ the layer attends with the recorded ones: scores -> masked softmax -> dropout ->
 arithmetic. Every other layer runs the regular sdpa kernel. Outputs equal sdpa's up to float rounding.
 A forward's k-th attention call is layer k, which also holds for ALBERT's one shared layer.
 
-The recorded scores carry no mask: padding is excluded by the losses through the attention mask.
+The losses exclude padding through the attention mask; in the eager path the recorded scores hold the
+dtype's minimum at padded keys (the key bias, added in place), elsewhere they carry no mask.
 """
 
 from __future__ import annotations
@@ -50,14 +51,17 @@ def _recording_sdpa_attention(module, query, key, value, attention_mask, scaling
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scores = torch.matmul(query * scale, key.transpose(-1, -2))
-    recorder.scores[layer] = scores
     if attention_mask is None:
         masked = scores
+    elif attention_mask.dtype == torch.bool and _keys_only(attention_mask):
+        # in place: the matmul's backward does not need its output, and one (B, H, L, L) tensor fewer
+        # is allocated (on CPU each large allocation is fresh pages, faulted in on first write)
+        masked = scores = scores.add_(_key_bias(attention_mask, scores.dtype))
     elif attention_mask.dtype == torch.bool:
-        masked = scores + _key_bias(attention_mask, scores.dtype) if _keys_only(attention_mask) else torch.where(
-            attention_mask, scores, torch.finfo(scores.dtype).min)
+        masked = torch.where(attention_mask, scores, torch.finfo(scores.dtype).min)
     else:
         masked = scores + attention_mask
+    recorder.scores[layer] = scores
     weights = nn.functional.softmax(masked, dim=-1, dtype=torch.float32).to(value.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None

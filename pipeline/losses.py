@@ -49,27 +49,34 @@ class _MaskedSquaredError(torch.autograd.Function):
     """sum((s - t)^2 over `pairs`) / count, with its gradient 2 (s - t) [pair] / count written directly
     (`pairs` None: every pair counts).
 
-    One (B, H, L, L) float32 difference is made and kept for backward; autograd's composition of
-    sub, pow, masked_fill and sum makes and keeps several, and the attention loss runs on every
-    mapped layer of every step.
+    The forward sums one sequence at a time, so its (H, L, L) differences come from memory the allocator
+    reuses; backward makes the one (B, H, L, L) tensor it must return, the gradient, in place. Autograd's
+    composition of sub, pow, masked_fill and sum makes and keeps several full-size tensors, each fresh
+    pages on a CPU (faulted in on first write), and the attention loss runs on every mapped layer of
+    every step. Nothing beyond the inputs is kept for backward.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, pairs, count):
-        diff = student.float() - teacher.float()
-        if pairs is not None:
-            diff.masked_fill_(~pairs, 0.0)
-        flat = diff.view(-1)
-        ctx.save_for_backward(diff, count)
-        ctx.dtypes = (student.dtype, teacher.dtype)
-        return torch.dot(flat, flat) / count
+        total = torch.zeros((), dtype=torch.float32, device=student.device)
+        for b in range(student.shape[0]):
+            diff = student[b].float() - teacher[b].float()
+            if pairs is not None:
+                diff.masked_fill_(~pairs[b], 0.0)
+            flat = diff.view(-1)
+            total += torch.dot(flat, flat)
+        ctx.save_for_backward(student, teacher, pairs if pairs is not None else torch.empty(0), count)
+        return total / count
 
     @staticmethod
     def backward(ctx, grad_output):
-        diff, count = ctx.saved_tensors
-        grad = diff * (2.0 * grad_output / count)
-        grad_student = grad.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        grad_teacher = (-grad).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        student, teacher, pairs, count = ctx.saved_tensors
+        grad = student.float() - teacher.float()
+        if pairs.numel():
+            grad.masked_fill_(~pairs, 0.0)
+        grad.mul_(2.0 * grad_output / count)
+        grad_student = grad.to(student.dtype) if ctx.needs_input_grad[0] else None
+        grad_teacher = (-grad).to(teacher.dtype) if ctx.needs_input_grad[1] else None
         return grad_student, grad_teacher, None, None
 
 
