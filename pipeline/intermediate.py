@@ -7,6 +7,7 @@ stays outside, frozen.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -134,12 +135,16 @@ def intermediate_loss_terms(
             hidden_mse(student_projected[s], teacher_hidden[t], token_mask) for s, t in layer_map.pairs
         )
     if loss.attention > 0 and layer_map.pairs:
-        attention_fn = attention_kl if loss.attention_loss == "kl" else attention_mse
         prepare = average_heads if loss.attention_heads == "average" else (lambda scores: scores)
-        terms["attention"] = sum(
-            attention_fn(prepare(student_scores[s]), prepare(teacher_scores[t]), token_mask)
-            for s, t in layer_map.pairs
-        )
+        uses = Counter(s for s, _ in layer_map.pairs)  # a student layer mapped twice is read by two terms
+
+        def attention_term(s: int, t: int) -> torch.Tensor:
+            student, teacher = prepare(student_scores[s]), prepare(teacher_scores[t])
+            if loss.attention_loss == "kl":
+                return attention_kl(student, teacher, token_mask)
+            return attention_mse(student, teacher, token_mask, reuse_student=uses[s] == 1)
+
+        terms["attention"] = sum(attention_term(s, t) for s, t in layer_map.pairs)
     weights = {"embedding": loss.embedding, "hidden": loss.hidden, "attention": loss.attention}
     terms["loss"] = sum(weights[name] * value for name, value in terms.items())
     return terms

@@ -33,16 +33,19 @@ def attention_pair_mask(token_mask: torch.Tensor) -> torch.Tensor:
     return (real[:, :, None] & real[:, None, :]).unsqueeze(1)
 
 
-def attention_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+def attention_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor,
+                  reuse_student: bool = False) -> torch.Tensor:
     """MSE between pre-softmax attention scores QK^T/sqrt(d), per head, averaged over heads.
 
     sum_{b,h,i,j} [i, j real] (s_bhij - t_bhij)^2 / (H * n_real_pairs), with n_real_pairs =
     sum_b len_b^2. Padded query rows and padded key columns are both excluded. This is TinyBERT's
     (1/h) sum_i MSE(A_i^S, A_i^T) (paper eq. 3) with explicit masks. Shapes: (B, H, L, L), (B, L).
+    `reuse_student`: backward may write the gradient over `student` (fp32, not a leaf), saving a
+    (B, H, L, L) tensor; only for scores that nothing else reads in backward (one loss term each).
     """
     pairs = None if bool(token_mask.all()) else attention_pair_mask(token_mask)  # packed batches: no padding
     count = (token_mask.sum(dim=-1).float().pow(2).sum() * student.shape[1]).clamp_min(1.0)
-    return _MaskedSquaredError.apply(student, teacher, pairs, count)
+    return _MaskedSquaredError.apply(student, teacher, pairs, count, reuse_student)
 
 
 class _MaskedSquaredError(torch.autograd.Function):
@@ -50,14 +53,15 @@ class _MaskedSquaredError(torch.autograd.Function):
     (`pairs` None: every pair counts).
 
     The forward sums one sequence at a time, so its (H, L, L) differences come from memory the allocator
-    reuses; backward makes the one (B, H, L, L) tensor it must return, the gradient, in place. Autograd's
+    reuses; backward writes the gradient in place over the student's captured fp32 scores, which the
+    attention path no longer needs (softmax keeps its output, the QK^T matmul its inputs). Autograd's
     composition of sub, pow, masked_fill and sum makes and keeps several full-size tensors, each fresh
     pages on a CPU (faulted in on first write), and the attention loss runs on every mapped layer of
     every step. Nothing beyond the inputs is kept for backward.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, pairs, count):
+    def forward(ctx, student, teacher, pairs, count, reuse_student):
         total = torch.zeros((), dtype=torch.float32, device=student.device)
         for b in range(student.shape[0]):
             diff = student[b].float() - teacher[b].float()
@@ -66,18 +70,24 @@ class _MaskedSquaredError(torch.autograd.Function):
             flat = diff.view(-1)
             total += torch.dot(flat, flat)
         ctx.save_for_backward(student, teacher, pairs if pairs is not None else torch.empty(0), count)
+        ctx.reuse_student = reuse_student
         return total / count
 
     @staticmethod
     def backward(ctx, grad_output):
         student, teacher, pairs, count = ctx.saved_tensors
-        grad = student.float() - teacher.float()
+        if ctx.reuse_student and student.grad_fn is not None and student.dtype == torch.float32:
+            # captured scores that nothing else needs in backward: their storage becomes the gradient (had
+            # another node saved them, its version check would fail loudly, never silently)
+            grad = student.sub_(teacher.float())
+        else:  # a leaf (a test's tensor) or another dtype: a new tensor
+            grad = student.float() - teacher.float()
         if pairs.numel():
             grad.masked_fill_(~pairs, 0.0)
         grad.mul_(2.0 * grad_output / count)
         grad_student = grad.to(student.dtype) if ctx.needs_input_grad[0] else None
         grad_teacher = (-grad).to(teacher.dtype) if ctx.needs_input_grad[1] else None
-        return grad_student, grad_teacher, None, None
+        return grad_student, grad_teacher, None, None, None
 
 
 def attention_kl(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

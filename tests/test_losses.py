@@ -236,3 +236,39 @@ def test_attention_mse_gradient_equals_autograd_of_the_formula(dtype, padded):
     torch.testing.assert_close(fused, student.grad, rtol=1e-6, atol=1e-7)
     assert fused.dtype == dtype
     assert (fused[0, :, 3:, :].abs().sum() == 0 and fused[0, :, :, 3:].abs().sum() == 0) == padded
+
+
+def test_attention_mse_reusing_the_student_scores_gives_the_same_gradient():
+    # Captured scores are not leaves: backward may write the gradient over them, and must still be exact.
+    torch.manual_seed(0)
+    base = torch.randn(2, 3, 5, 5, requires_grad=True)
+    teacher = torch.randn(2, 3, 5, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    grads = []
+    for reuse in (False, True):
+        base.grad = None
+        scores = base * 2.0  # a non-leaf, as the captured QK^T is
+        value = attention_mse(scores, teacher, mask, reuse_student=reuse)
+        value.backward()
+        grads.append((value.item(), base.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+
+
+def test_a_student_layer_mapped_to_two_teacher_layers_keeps_its_scores_for_both_terms():
+    from pipeline.intermediate import intermediate_loss_terms
+    from pipeline.layer_map import LayerMap
+    from pipeline.schema import IntermediateLossConfig
+
+    torch.manual_seed(0)
+    base = torch.randn(2, 3, 4, 4, requires_grad=True)
+    teacher = {1: torch.randn(2, 3, 4, 4), 2: torch.randn(2, 3, 4, 4)}
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    hidden = tuple(torch.zeros(2, 4, 8) for _ in range(3))
+    terms = intermediate_loss_terms({0: hidden[0], 1: hidden[0]}, {1: base * 1.0}, hidden, teacher,
+                                    LayerMap(((1, 1), (1, 2)), embeddings=False),
+                                    IntermediateLossConfig(embedding=0.0, hidden=0.0), mask)
+    terms["loss"].backward()  # two terms read one student tensor: neither may overwrite it
+    expected = base.detach().clone().requires_grad_()
+    (attention_mse(expected * 1.0, teacher[1], mask) + attention_mse(expected * 1.0, teacher[2], mask)).backward()
+    torch.testing.assert_close(base.grad, expected.grad)
