@@ -48,11 +48,14 @@ def attention_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torc
     return _MaskedSquaredError.apply(student, teacher, pairs, count, reuse_student)
 
 
+CHUNK_ELEMENTS = 4 * 2**20  # below glibc's 32 MB mmap ceiling, so the chunks' memory is reused, not faulted in
+
+
 class _MaskedSquaredError(torch.autograd.Function):
     """sum((s - t)^2 over `pairs`) / count, with its gradient 2 (s - t) [pair] / count written directly
     (`pairs` None: every pair counts).
 
-    The forward sums one sequence at a time, so its (H, L, L) differences come from memory the allocator
+    The forward sums a few sequences at a time, so its differences come from memory the allocator
     reuses; backward writes the gradient in place over the student's captured fp32 scores, which the
     attention path no longer needs (softmax keeps its output, the QK^T matmul its inputs). Autograd's
     composition of sub, pow, masked_fill and sum makes and keeps several full-size tensors, each fresh
@@ -63,10 +66,11 @@ class _MaskedSquaredError(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, pairs, count, reuse_student):
         total = torch.zeros((), dtype=torch.float32, device=student.device)
-        for b in range(student.shape[0]):
-            diff = student[b].float() - teacher[b].float()
+        step = max(1, CHUNK_ELEMENTS // student[0].numel())  # whole sequences, about 16 MB of floats at a time
+        for b in range(0, student.shape[0], step):
+            diff = student[b:b + step].float() - teacher[b:b + step].float()
             if pairs is not None:
-                diff.masked_fill_(~pairs[b], 0.0)
+                diff.masked_fill_(~pairs[b:b + step], 0.0)
             flat = diff.view(-1)
             total += torch.dot(flat, flat)
         ctx.save_for_backward(student, teacher, pairs if pairs is not None else torch.empty(0), count)
