@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_bert, save_tokenizer
+from test_task import write_jsonl
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from pipeline.config import from_dict
@@ -43,11 +44,6 @@ def qa_rows() -> list[dict]:
 def qa_tokenizer(directory: Path):
     save_tokenizer(directory, [c for c, _ in EXAMPLES] + list(QUESTIONS.values()))
     return AutoTokenizer.from_pretrained(directory)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
