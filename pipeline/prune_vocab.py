@@ -200,6 +200,11 @@ def student_vocabulary(cfg: StudentConfig, teacher_tokenizer, teacher_source: st
     return pruned, tokenizer
 
 
+def id_lookup(vocab_map: VocabMap | None, device) -> torch.Tensor | None:
+    """`vocab_map.old_to_new()` on `device`, for `student_batch`; None for a student on the teacher's ids."""
+    return vocab_map.old_to_new().to(device) if vocab_map is not None else None
+
+
 def student_batch(batch: dict[str, torch.Tensor], lookup: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The batch as the student reads it: input_ids through `lookup` (old_to_new, on the batch's device)."""
     if lookup is None:

@@ -196,17 +196,14 @@ def ensemble_predictions(member_logits: list[list[np.ndarray]], task_type: str) 
     the mean prediction; extractive QA ((L_i, 2) per window): the log of the averaged start and end
     distributions over positions, which span decoding reads as logits. Its argmax is the ensemble's label,
     so `score_predictions` takes it as logits."""
-    if task_type == "qa":  # per window (L, 2): the log of the averaged distributions over positions
-        return [np.log(np.mean([_softmax_positions(np.asarray(logits[i], dtype=np.float64)) for logits in member_logits],
-                               axis=0)).astype(np.float32) for i in range(len(member_logits[0]))]
-    mode = "logits" if task_type == "regression" else "probabilities"
-    return [ensemble_targets([torch.from_numpy(np.asarray(logits[i], dtype=np.float32)) for logits in member_logits],
-                             1.0, mode).numpy() for i in range(len(member_logits[0]))]
 
+    def combine(i: int) -> np.ndarray:
+        rows = [torch.from_numpy(np.asarray(logits[i], dtype=np.float32)) for logits in member_logits]
+        if task_type == "qa":  # per window (L, 2): softmax over positions, i.e. over the last axis of (2, L)
+            return ensemble_targets([z.T for z in rows], 1.0, "probabilities").log().T.numpy()
+        return ensemble_targets(rows, 1.0, "logits" if task_type == "regression" else "probabilities").numpy()
 
-def _softmax_positions(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
-    return shifted / shifted.sum(axis=0, keepdims=True)
+    return [combine(i) for i in range(len(member_logits[0]))]
 
 
 def _ensemble_members(paths: list[str], task: TaskConfig, label_names: list[str] | None) -> list[tuple]:

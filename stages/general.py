@@ -58,7 +58,7 @@ from pipeline.models import (
     load_tokenizer,
 )
 from pipeline.projections import Projections, build_projections
-from pipeline.prune_vocab import describe, save_tokenizer, student_batch, student_vocabulary
+from pipeline.prune_vocab import describe, id_lookup, save_tokenizer, student_batch, student_vocabulary
 from pipeline.runtime import TrainState, make_accelerator
 from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
 from pipeline.train_loop import train_model
@@ -162,7 +162,7 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
         **describe(vocab_map, teacher_config.vocab_size),
         **corpus.describe(),
     }
-    lookup = vocab_map.old_to_new().to(accelerator.device) if vocab_map else None
+    lookup = id_lookup(vocab_map, accelerator.device)
     teacher_layers, student_layers = scored_layers(layer_map, cfg.loss)
     with capture_attention_scores(teacher, teacher_layers) as teacher_captured, \
             capture_attention_scores(student, student_layers) as student_captured:
@@ -213,7 +213,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
 
     teacher = teacher.to(accelerator.device)
     weights = cfg.distilbert
-    lookup = vocab_map.old_to_new().to(accelerator.device) if vocab_map else None
+    lookup = id_lookup(vocab_map, accelerator.device)
     kept_ids = vocab_map.kept_ids.to(accelerator.device) if vocab_map else None
 
     def batches_from(state: TrainState):
@@ -291,7 +291,7 @@ def _run_minilmv2(cfg: GeneralConfig) -> Path:
               "weights (qq, kk, vv)": [cfg.minilmv2.qq, cfg.minilmv2.kk, cfg.minilmv2.vv],
               "teacher_params": count_parameters(teacher), "student_params": count_parameters(student),
               **describe(vocab_map, teacher_config.vocab_size), **corpus.describe()}
-    lookup = vocab_map.old_to_new().to(accelerator.device) if vocab_map else None
+    lookup = id_lookup(vocab_map, accelerator.device)
     with capture_qkv(teacher, [teacher_layer]) as teacher_qkv, capture_qkv(student, [student_layer]) as student_qkv:
 
         def compute_terms(model, batch, progress):

@@ -60,6 +60,7 @@ from pipeline.prune_vocab import (
     VocabMap,
     count_token_ids,
     describe,
+    id_lookup,
     save_tokenizer,
     student_batch,
     student_vocabulary,
@@ -224,7 +225,7 @@ class StudentVocab:
     vocab_map: VocabMap | None
 
     def lookup(self, device) -> torch.Tensor | None:
-        return self.vocab_map.old_to_new().to(device) if self.vocab_map else None
+        return id_lookup(self.vocab_map, device)
 
 
 def _sample_texts(task: TaskConfig, raw, n: int = 200) -> list[str]:
@@ -232,6 +233,8 @@ def _sample_texts(task: TaskConfig, raw, n: int = 200) -> list[str]:
     rows = raw.select(range(min(n, len(raw))))
     if task.type == "token":
         return [" ".join(words) for words in rows[task.tokens]]
+    if task.type == "qa":
+        return [f"{question} {context}" for question, context in zip(rows[task.question], rows[task.context])]
     return list(rows[task.text])
 
 

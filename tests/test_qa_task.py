@@ -215,3 +215,19 @@ def test_an_ensemble_averages_start_and_end_distributions_over_positions():
     (combined,) = ensemble_predictions([member_1, member_2], "qa")
     np.testing.assert_allclose(np.exp(combined[:, 0]), [0.25, 0.5, 0.25], rtol=1e-6)
     np.testing.assert_allclose(np.exp(combined[:, 1]), [1 / 3] * 3, rtol=1e-6)
+
+
+def test_a_qa_student_pruned_to_its_transfer_set_reads_questions_and_contexts(qa_teacher, qa_files, tmp_path):
+    out = tmp_path / "pruned"
+    run_task(from_dict(TaskDistillConfig, {
+        "teacher": str(qa_teacher), "task": qa_task(qa_files), "output_dir": str(out),
+        "student": {"preset": None, "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 48,
+                    "num_attention_heads": 4, "vocab": "prune"},
+        "intermediate": {"enabled": False},
+        "prediction": {"train": quiet_train(max_steps=4)}, "cache_dir": str(tmp_path / "cache"),
+    }))
+    chars = {ch for context, _ in EXAMPLES for ch in context} | {ch for q in QUESTIONS.values() for ch in q}
+    vocab = AutoTokenizer.from_pretrained(out).get_vocab()
+    assert set(vocab) == chars | {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    assert AutoModelForQuestionAnswering.from_pretrained(out).config.vocab_size == len(vocab)
+    assert set(json.loads((out / "metrics.json").read_text())["dev"]) == {"exact_match", "f1"}
