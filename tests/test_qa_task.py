@@ -231,3 +231,26 @@ def test_a_qa_student_pruned_to_its_transfer_set_reads_questions_and_contexts(qa
     assert set(vocab) == chars | {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
     assert AutoModelForQuestionAnswering.from_pretrained(out).config.vocab_size == len(vocab)
     assert set(json.loads((out / "metrics.json").read_text())["dev"]) == {"exact_match", "f1"}
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"labels": ["a"]}, r"task.labels: extractive QA has no label names"),
+    ({"n_best": 0}, r"task.n_best: must be >= 1, got 0"),
+    ({"max_answer_len": 0}, r"task.max_answer_len: must be >= 1, got 0"),
+], ids=["labels", "n_best", "max_answer_len"])
+def test_bad_qa_settings_are_one_line_errors(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        TaskConfig(type="qa", **fields)
+
+
+def test_an_empty_context_and_a_slow_tokenizer_are_refused(qa_files, tmp_path):
+    import types
+
+    rows = qa_rows()
+    rows[1]["context"], rows[1]["answers"] = "", {"text": [], "answer_start": []}
+    bad = write_jsonl(tmp_path / "empty.jsonl", rows)
+    cfg = TaskConfig(**qa_task({"train": bad, "dev": bad}))
+    with pytest.raises(DataError, match=r"task.train: row 1: question and context must be non-empty text"):
+        tokenize_task(load_task_split(cfg, "train"), qa_tokenizer(tmp_path / "tok"), cfg, None, "train")
+    with pytest.raises(ModelError, match=r"extractive QA needs a fast tokenizer \(character offsets\)"):
+        tokenize_task(load_task_split(cfg, "dev"), types.SimpleNamespace(is_fast=False), cfg, None, "dev")
