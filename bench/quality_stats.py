@@ -29,7 +29,7 @@ class Row:
     label: str
     dev: list[float]
     test: list[float]
-    epochs: str = ""  # fine-tuned teachers: epochs used, best epoch and cap
+    epochs: str = ""  # teachers and direct (per seed): epochs used, best epoch and cap
     parameters: int | None = None
     ms_per_example: float | None = None  # batch 1, model only
     note: str = ""

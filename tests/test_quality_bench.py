@@ -52,8 +52,11 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
             config["evaluate"] = quality.evaluate_section(layout, budget, kind, row)
             configs.append(config)
     built = [stage for config in configs for stage in stage_configs(config)]
-    teachers = [cfg for name, cfg in built if name == "finetune" and cfg.early_stopping.patience]
-    assert len(teachers) == 3 * budget["ensemble_k"]
+    plateau = [cfg for name, cfg in built if name == "finetune" and cfg.early_stopping.patience]
+    direct = [cfg for cfg in plateau if cfg.model.startswith("/refs/random")]
+    assert len(plateau) - len(direct) == 3 * budget["ensemble_k"]  # every teacher, of every task
+    # the direct student trains to its own dev plateau, under the teacher's cap, on every task
+    assert [cfg.train.epochs for cfg in direct] == [budget["teacher_epochs"][kind] for kind in ("sentiment", "ner", "qa")]
     ensembles = [cfg for name, cfg in built if name == "evaluate" and cfg.ensemble]
     assert [len(cfg.ensemble) for cfg in ensembles] == [budget["ensemble_k"]] * 3
     qa_tasks = {cfg.task.type for name, cfg in built if name in ("finetune", "task", "evaluate")}
