@@ -269,14 +269,21 @@ def _call(spec: Stage, config):
     return getattr(importlib.import_module(spec.module), spec.function)(config)
 
 
+# Keys whose paths a stage writes rather than reads: the teacher-logits cache is keyed by its own contents
+# (teacher, data, settings), so its growing must not change the key of the stage that fills it.
+WRITTEN_PATHS = frozenset({"cache_dir"})
+
+
 def _external_inputs(section: dict, run_dir: Path) -> list[list]:
-    """(path, stamp) for every existing local path in the section outside the run directory."""
+    """(path, stamp) for every existing local path in the section outside the run directory, except the
+    paths the stage writes (WRITTEN_PATHS)."""
     found = []
 
     def visit(value):
         if isinstance(value, dict):
-            for v in value.values():
-                visit(v)
+            for k, v in value.items():
+                if k not in WRITTEN_PATHS:
+                    visit(v)
         elif isinstance(value, list):
             for v in value:
                 visit(v)

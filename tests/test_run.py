@@ -175,3 +175,19 @@ def test_cli_run_prints_the_report_and_exits_2_on_a_bad_reference(tiny_run, tmp_
     assert "tinydistill run finished" in capsys.readouterr().out
     assert cli_main(["run", str(config), "finetune.model=${general_x}"]) == 2
     assert "is not a stage" in capsys.readouterr().err
+
+
+def test_a_shared_logits_cache_outside_the_run_does_not_change_the_stage_key(tmp_path):
+    """The bench's rows share one `cache_dir` per task outside their run dirs: the task stage writes to it,
+    so stamping it made every re-run redo the rows whose key was taken before the cache grew."""
+    from pipeline.run import _external_inputs
+
+    run_dir, cache, train = tmp_path / "row", tmp_path / "cache", tmp_path / "train.jsonl"
+    cache.mkdir()
+    train.write_text('{"text": "好", "label": "pos"}\n', encoding="utf-8")
+    section = {"task": {"train": str(train)}, "cache_dir": str(cache)}
+    before = _external_inputs(section, run_dir)
+    (cache / "entry.safetensors").write_bytes(b"written by the stage itself")
+    assert _external_inputs(section, run_dir) == before
+    train.write_text('{"text": "坏", "label": "neg"}\n', encoding="utf-8")  # a real input still counts
+    assert _external_inputs(section, run_dir) != before
