@@ -34,19 +34,16 @@ teacher, and >= direct + 1 point with the spread excluding 0 (see bench/quality_
 Everything runs through `tinydistill run`, so re-running reuses finished stages; the wall time of
 every row is printed at the end (summed over seeds) to be written here once measured.
 
-Budgets (times are ESTIMATES until a full run measures them; they scale the previous bench version's
-measured per-example costs on this 2-core VM: 12L-128 teacher training 3.4 min an epoch of 8,000
-reviews and 3.0 of 8,000 NER sentences, 4L-96 student 1 min an epoch of 8,000, intermediate step about
-2x a student epoch, teacher logits about 0.6x):
-  reference  about 140 min on 2 cores, default rows of both tasks: shared data + pretraining 3, stage one
-             (600 steps) 5; per task the teacher (early stopping, patience 2, cap 6 epochs sentiment /
-             10 NER: at most 15 / 23 min), transfer set 2, and 3 seeds of rows 2-4b (per seed about 14
-             min: direct 1.5, task-only 3, 4a 6, 4b 3), evaluation 3. Trimmed from the previous version
-             (8,000 train examples, 4 variants, 3 student epochs, 1,000 stage-one steps, one seed) to
-             6,000 examples, 1 variant, 2 student epochs: the figures put the augmentation's gain
-             (4a vs 3) at +1.4 points on NER and -0.2 on sentiment, so fewer variants cost least.
-             `--rows ensemble` adds two 4L-128 teachers and row 5 (one seed): about +45 min, past
-             the 150-minute limit, so it is not a default row here.
+Budgets (reference measured on this 2-core VM on 2026-12-03; gpu not yet timed):
+  reference  about 55 min for the default rows of both tasks: shared data + pretraining 1.5, stage one
+             (600 steps) 1.7; sentiment teacher 5.4 (5 of 6 epochs), transfer set 0.5, 3 seeds of
+             direct 3.8 (to its plateau), task-only 3.5, 4a 6.8, 4b 3.3; NER teacher 8.3 (10 of 10),
+             transfer set 0.3, direct 7.2, task-only 3.1, 4a 5.5, 4b 2.8. `--tasks qa` about 36 more:
+             teacher 10.9, transfer set 0.3, direct 7.9, task-only 4.0, 4a 8.0, 4b 4.2. Trimmed from
+             the previous version (8,000 train examples, 4 variants, 3 student epochs, 1,000 stage-one
+             steps, one seed) to 6,000 examples, 1 variant, 2 student epochs: those figures put the
+             augmentation's gain (4a vs 3) at +1.4 points on NER and -0.2 on sentiment, so fewer
+             variants cost least. `--rows ensemble` adds two 4L-128 teachers and row 5 (one seed).
   gpu        a 12L-256 teacher pretrained for 20,000 MLM steps, all train data, 4 variants, 3 seeds of
              every default row including the ensemble (K = 3 teachers of the same size, other seeds);
              not yet timed.
