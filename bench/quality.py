@@ -32,7 +32,7 @@ with its spread (sqrt(std_row² + std_direct²)), retention, and below it per ta
 teacher's margin over direct in words, and whether row 4 meets the targets: retention >= 97% of the
 teacher, and >= direct + 1 point with the spread excluding 0 (see bench/quality_stats.py).
 Everything runs through `tinydistill run`, so re-running reuses finished stages; the wall time of
-every row is printed at the end (summed over seeds) to be written here once measured.
+every row is printed at the end (summed over seeds); the Budgets below give a measured run.
 
 Budgets (reference measured on this 2-core VM on 2026-12-03; gpu not yet timed):
   reference  about 55 min for the default rows of both tasks: shared data + pretraining 1.5, stage one
