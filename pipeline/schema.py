@@ -172,6 +172,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress_bar: bool = True
     group_by_length: bool = False  # task data only: batches of similar-length rows (less padding)
+    cpu_retain_memory: bool = True  # CPU runs: keep freed memory mapped (pipeline/cpu_memory.py); costs peak RSS
 
     def without_teacher(self, section: str = "train") -> None:
         """Refuse teacher settings in a stage that has no teacher (finetune, pretrain)."""
