@@ -13,6 +13,11 @@ Reports, per step, the median of --repeats timed steps after warm-up, the two st
   GeneralDistiller on equivalent matches (hidden MSE 0/3/6/9/12 with linear projections, attention MSE
   on 3/6/9/12), run in its own process so peak memory (max RSS on CPU, max allocated on GPU) is
   comparable; then the top operators of our step by self time (torch.profiler).
+
+On a CPU our process keeps freed memory mapped (`--malloc retain`, what `make_accelerator` does unless
+train.cpu_retain_memory is false; pipeline/cpu_memory.py); `--malloc default` is glibc's defaults, the
+build before. TextBrewer runs both as shipped and with the same allocator settings (`--textbrewer-malloc`),
+so that the speed-up is shown with and without what the allocator alone gives.
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def build_models(args):
+def build_models(args, malloc: str):
     from transformers import BertConfig, BertModel
 
+    if malloc == "retain" and args.device == "cpu":
+        from pipeline.cpu_memory import retain_freed_memory
+
+        assert retain_freed_memory(), "--malloc retain needs glibc"  # as make_accelerator does on CPU
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # both sides: denormals slow CPU backward passes several-fold
     common = {"vocab_size": 21128, "max_position_embeddings": 512, "hidden_dropout_prob": 0.1,
@@ -70,7 +79,7 @@ def run_ours(args) -> dict:
     from pipeline.projections import Projections
     from pipeline.schema import IntermediateLossConfig
 
-    teacher, student = build_models(args)
+    teacher, student = build_models(args, args.malloc)
     batch = make_batch(args)
     layer_map = build_layer_map(12, 4)
     model = StudentWithProjections(student, Projections(312, args.teacher_hidden, layer_map.student_layers, True))
@@ -153,7 +162,7 @@ def run_textbrewer(args) -> dict:
     import textbrewer
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
-    teacher, student = build_models(args)
+    teacher, student = build_models(args, args.textbrewer_malloc)
     # TextBrewer reads attention maps from output_attentions, which needs eager attention in transformers 5.
     teacher.set_attn_implementation("eager")
     student.set_attn_implementation("eager")
@@ -200,31 +209,42 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mode", choices=["all", "ours", "textbrewer"], default="all")
+    parser.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                        help="our process: retain (what training on a CPU does, train.cpu_retain_memory) or glibc's "
+                             "defaults")
+    parser.add_argument("--textbrewer-malloc", choices=["both", "default", "retain"], default="both",
+                        help="TextBrewer as shipped (glibc's defaults), with our allocator settings, or both runs")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="bf16: teacher in bf16, student steps under autocast (both systems)")
     args = parser.parse_args()
     if args.mode != "all":
         print(json.dumps(run_ours(args) if args.mode == "ours" else run_textbrewer(args)))
         return
+    brewer_mallocs = ["default", "retain"] if args.textbrewer_malloc == "both" else [args.textbrewer_malloc]
+    runs = [("ours", args.malloc)] + [("textbrewer", malloc) for malloc in brewer_mallocs]
     results = {}
-    for mode in ("ours", "textbrewer"):
+    for mode, malloc in runs:
+        options = {**vars(args), "textbrewer_malloc": malloc}
         command = [sys.executable, __file__, "--mode", mode] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "mode"]
+            f"--{k.replace('_', '-')}={v}" for k, v in options.items() if k != "mode"]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        results[mode] = json.loads(output.strip().splitlines()[-1])
-    ours, brewer = results["ours"], results["textbrewer"]
+        results[mode, malloc] = json.loads(output.strip().splitlines()[-1])
+    ours = results["ours", args.malloc]
     print(f"setup: teacher 12L-{args.teacher_hidden} (12 heads), student 4L-312 (12 heads), batch {args.batch}, "
           f"seq {args.seq}, {args.precision}, device {args.device}, torch threads {torch.get_num_threads()}")
     target = 1.10 if args.seq <= 128 else 1.20
     print(f"(a) ideal (teacher inference + student fwd/bwd + clip + AdamW): {ours['a_ideal_s'] * 1000:8.1f} ms")
     print(f"(b) tinydistill full distillation step:                        {ours['b_step_s'] * 1000:8.1f} ms")
     print(f"    b / a = {ours['b_step_s'] / ours['a_ideal_s']:.3f}   (target <= {target:.2f})")
-    print(f"TextBrewer GeneralDistiller step (eager attention):             {brewer['b_step_s'] * 1000:8.1f} ms")
-    print(f"    speed-up vs TextBrewer = {brewer['b_step_s'] / ours['b_step_s']:.2f}x")
+    print(f"    our malloc: {args.malloc}")
+    for malloc in brewer_mallocs:
+        brewer = results["textbrewer", malloc]
+        label = "as shipped, glibc's malloc defaults" if malloc == "default" else "with our allocator settings"
+        print(f"TextBrewer GeneralDistiller step (eager attention), {label}: {brewer['b_step_s'] * 1000:8.1f} ms")
+        print(f"    speed-up vs TextBrewer = {brewer['b_step_s'] / ours['b_step_s']:.2f}x; peak memory: tinydistill "
+              f"{ours['peak_mb']:.0f} MB, TextBrewer {brewer['peak_mb']:.0f} MB")
     tokens = args.batch * args.seq
     print(f"tokens/s consumed by our step: {tokens / ours['b_step_s']:,.0f}")
-    print(f"peak memory: tinydistill {ours['peak_mb']:.0f} MB, TextBrewer {brewer['peak_mb']:.0f} MB "
-          f"(ratio {brewer['peak_mb'] / ours['peak_mb']:.2f}x)")
     print("\ntop operators of our step (self time):\n| operator | ms | share |\n|---|---|---|")
     for name, ms, share in ours["profile"]:
         print(f"| {name} | {ms:.1f} | {share:.1%} |")
