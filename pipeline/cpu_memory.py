@@ -5,13 +5,13 @@ a fresh mmap and unmaps it on free, and trims the heap's free top back to the ke
 allocates and frees the same large tensors every step: a distillation step's (B, H, L, L) attention
 scores, their gradients, the optimiser's per-parameter temporaries. So each step page-faults them in
 again, and on a virtual machine a fault costs tens of microseconds: `bench/general_step.py` measured
-our seq-512 step at 4.94 s with glibc's defaults and 1.62 s with these settings (the plain step 1.85 s
-and 1.51 s), the faults showing as kernel time.
+our seq-512 step at 3.86 s with glibc's defaults and 1.73 s with these settings (the plain step 1.87 s
+and 1.61 s), the faults showing as kernel time (20 s against 5 s over the bench process).
 
 `retain_freed_memory` fixes the threshold at its 32 MB ceiling (allocations under it come from the
-heap), trims the heap only past 2 GB of free top, and grows it in 512 MB steps (address space only; a page counts in RSS once
-written). Peak RSS grows by what the allocator keeps: 20% at seq 512 in that bench. It changes no
-value anywhere; GPU memory is not malloc's.
+heap; larger ones are still mmapped), trims the heap only past 2 GB of free top, and grows it in 512 MB
+steps (address space only; a page counts in RSS once written). Peak RSS grows by what the allocator
+keeps: up to 13% at seq 512 in that bench. It changes no value anywhere; GPU memory is not malloc's.
 """
 
 from __future__ import annotations
