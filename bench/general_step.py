@@ -221,6 +221,8 @@ def main() -> None:
         print(json.dumps(run_ours(args) if args.mode == "ours" else run_textbrewer(args)))
         return
     brewer_mallocs = ["default", "retain"] if args.textbrewer_malloc == "both" else [args.textbrewer_malloc]
+    if args.device != "cpu":
+        brewer_mallocs = ["default"]  # GPU memory is not malloc's: one TextBrewer run
     runs = [("ours", args.malloc)] + [("textbrewer", malloc) for malloc in brewer_mallocs]
     results = {}
     for mode, malloc in runs:
@@ -239,7 +241,8 @@ def main() -> None:
     print(f"    our malloc: {args.malloc}")
     for malloc in brewer_mallocs:
         brewer = results["textbrewer", malloc]
-        label = "as shipped, glibc's malloc defaults" if malloc == "default" else "with our allocator settings"
+        label = "with our allocator settings" if malloc == "retain" else (
+            "as shipped, glibc's malloc defaults" if args.device == "cpu" else "as shipped")
         print(f"TextBrewer GeneralDistiller step (eager attention), {label}: {brewer['b_step_s'] * 1000:8.1f} ms")
         print(f"    speed-up vs TextBrewer = {brewer['b_step_s'] / ours['b_step_s']:.2f}x; peak memory: tinydistill "
               f"{ours['peak_mb']:.0f} MB, TextBrewer {brewer['peak_mb']:.0f} MB")
