@@ -24,6 +24,11 @@ def test_wrong_type_is_rejected_with_its_dotted_path():
         from_dict(GeneralConfig, {**BASE, "train": {"batch_size": "big"}})
 
 
+def test_a_switch_takes_only_true_or_false():
+    with pytest.raises(ConfigError, match=r"^train\.cpu_retain_memory: expected true or false, got str 'maybe'$"):
+        from_dict(GeneralConfig, {**BASE, "train": {"cpu_retain_memory": "maybe"}})
+
+
 def test_bad_choice_lists_the_choices():
     with pytest.raises(ConfigError, match=r"^loss\.attention_loss: must be one of 'mse', 'kl'"):
         from_dict(GeneralConfig, {**BASE, "loss": {"attention_loss": "cosine"}})
