@@ -11,24 +11,35 @@ same pieces by the pruned tokenizer (each longest match is still the longest one
 added). A word that needs a pruned piece becomes [UNK] in training (at that piece), while the pruned
 tokenizer may split it into other, kept pieces (or make the whole word [UNK]). With `min_count: 1` every
 word of the counted text is of the first kind; CJK characters are single-character words, so for Chinese
-text the two always agree. Only WordPiece (BERT-style) tokenizers are supported: pruning a BPE or
-SentencePiece vocabulary would need its merges or scores rewritten.
+text the two always agree.
+
+SentencePiece Unigram (XLM-R, e5, mMiniLM): segmentation is the highest-scoring path over the pieces. Removing
+pieces that no counted text's best path uses leaves every counted text's best path available and still the
+best, so those texts segment identically before and after (TextPruner's argument). One more piece is kept: the
+lowest-scoring one, because an unknown character scores (lowest score - 10); keeping the minimum keeps that
+penalty, so no new unknown-character path can beat a kept one. The pruned tokenizer is the teacher's
+tokenizer.json with the model's vocabulary cut and every special id renumbered; its normaliser and
+pre-tokenizer are untouched. BPE vocabularies are refused: their merges would need rewriting.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizer, PreTrainedModel
+import transformers
+from tokenizers import Tokenizer
+from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from pipeline.config import atomic_write_text
-from pipeline.corpus import count_stream_tokens
-from pipeline.errors import DataError, ModelError
-from pipeline.models import load_tokenizer
+from pipeline.corpus import count_stream_tokens, stream_text_batches
+from pipeline.errors import ConfigError, DataError, ModelError
+from pipeline.models import load_model_config, load_pretrained, load_tokenizer
 from pipeline.schema import CorpusConfig, StudentConfig
 
 NAMED_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -63,10 +74,11 @@ def count_token_ids(id_lists: Iterable[Iterable[int]], vocab_size: int) -> torch
 
 def prune(counts: torch.Tensor, min_count: int, teacher_tokenizer, teacher_size: int,
           current: VocabMap | None = None) -> VocabMap:
-    """Keep the teacher ids counted at least `min_count` times plus every special token, in teacher-id
-    order; with `current` (an already pruned student) only among the ids it still has."""
+    """Keep the teacher ids counted at least `min_count` times plus every special token (and, for Unigram,
+    the lowest-scoring piece), in teacher-id order; with `current` (an already pruned student) only among the
+    ids it still has."""
     keep = counts >= min_count
-    keep[teacher_tokenizer.all_special_ids] = True
+    keep[required_ids(teacher_tokenizer)] = True
     if current is not None:
         still = torch.zeros(teacher_size, dtype=torch.bool)
         still[current.kept_ids] = True
@@ -107,34 +119,63 @@ def gather_vocab_rows(model: PreTrainedModel, rows: torch.Tensor) -> None:
                 output.weight[: len(rows)] = output.weight[rows].clone()
             if output.bias is not None:
                 output.bias[: len(rows)] = output.bias[rows].clone()
-    old_pad = model.config.pad_token_id
+    old_ids = {name: getattr(model.config, name, None) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
     model.resize_token_embeddings(len(rows))
-    if old_pad is not None:
-        new_pad = torch.nonzero(rows == old_pad).flatten()
-        model.config.pad_token_id = int(new_pad[0]) if len(new_pad) else None
+    for name, old in old_ids.items():
+        if old is not None:
+            new = torch.nonzero(rows == old).flatten()
+            setattr(model.config, name, int(new[0]) if len(new) else None)
+    if old_ids["pad_token_id"] is not None:
         model.get_input_embeddings().padding_idx = model.config.pad_token_id
 
 
-def check_wordpiece(tokenizer, source: str) -> None:
-    """Refuse, in one line, a tokenizer that `pruned_tokenizer` cannot rebuild exactly."""
+def tokenizer_spec(tokenizer) -> dict:
+    """The tokenizer.json of a fast tokenizer as a dict ({} for a slow one)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = json.loads(backend.to_str()) if backend is not None else {}
-    parts = ((spec.get("model") or {}).get("type"), (spec.get("normalizer") or {}).get("type"),
+    return json.loads(backend.to_str()) if backend is not None else {}
+
+
+def required_ids(tokenizer) -> list[int]:
+    """The ids every pruned vocabulary keeps: the special tokens and, for a Unigram model, its lowest-scoring
+    piece (the unknown-character penalty is that score minus 10; see the module docstring)."""
+    ids = list(tokenizer.all_special_ids)
+    model = tokenizer_spec(tokenizer).get("model") or {}
+    if model.get("type") == "Unigram":
+        scores = [score for _piece, score in model["vocab"]]
+        ids.append(min(range(len(scores)), key=scores.__getitem__))
+    return ids
+
+
+def check_prunable(tokenizer, source: str, what: str = "student.vocab: prune") -> str:
+    """"wordpiece" or "unigram": the kind of vocabulary `pruned_tokenizer` rebuilds exactly; any other
+    tokenizer is refused in one line."""
+    spec = tokenizer_spec(tokenizer)
+    model = spec.get("model") or {}
+    if model.get("type") == "Unigram":
+        return "unigram"
+    parts = (model.get("type"), (spec.get("normalizer") or {}).get("type"),
              (spec.get("pre_tokenizer") or {}).get("type"))
     if parts != ("WordPiece", "BertNormalizer", "BertPreTokenizer"):
-        raise ModelError(f"student.vocab: prune supports WordPiece (BERT-style) tokenizers only; the teacher "
-                         f"{source} has {type(tokenizer).__name__} ({' / '.join(map(str, parts))})")
-    if spec["model"]["continuing_subword_prefix"] != "##" or spec["model"]["max_input_chars_per_word"] != 100:
-        raise ModelError(f"student.vocab: prune needs WordPiece with prefix '##' and 100 chars per word; {source} "
-                         f"has {spec['model']['continuing_subword_prefix']!r} and "
-                         f"{spec['model']['max_input_chars_per_word']}")
+        raise ModelError(f"{what} supports WordPiece (BERT-style) and SentencePiece Unigram (XLM-R-style) "
+                         f"tokenizers; {source} has {type(tokenizer).__name__} ({' / '.join(map(str, parts))})")
+    if model["continuing_subword_prefix"] != "##" or model["max_input_chars_per_word"] != 100:
+        raise ModelError(f"{what} needs WordPiece with prefix '##' and 100 chars per word; {source} "
+                         f"has {model['continuing_subword_prefix']!r} and {model['max_input_chars_per_word']}")
+    return "wordpiece"
 
 
-def pruned_tokenizer(teacher_tokenizer, vocab_map: VocabMap) -> BertTokenizer:
+def pruned_tokenizer(teacher_tokenizer, vocab_map: VocabMap):
+    """The teacher's tokenizer over the kept tokens, in student-id order, normalising exactly as the teacher's."""
+    if (tokenizer_spec(teacher_tokenizer).get("model") or {}).get("type") == "Unigram":
+        return _pruned_unigram(teacher_tokenizer, vocab_map)
+    return _pruned_wordpiece(teacher_tokenizer, vocab_map)
+
+
+def _pruned_wordpiece(teacher_tokenizer, vocab_map: VocabMap) -> BertTokenizer:
     """A BertTokenizer over the kept tokens in student-id order, normalising exactly as the teacher's."""
     id_to_token = {i: t for t, i in teacher_tokenizer.get_vocab().items()}
     vocab = {id_to_token[int(old)]: new for new, old in enumerate(vocab_map.kept_ids)}
-    normalizer = json.loads(teacher_tokenizer.backend_tokenizer.to_str())["normalizer"]
+    normalizer = tokenizer_spec(teacher_tokenizer)["normalizer"]
     named = {name: str(getattr(teacher_tokenizer, name)) for name in NAMED_SPECIAL_TOKENS}
     extras = [t for t in teacher_tokenizer.all_special_tokens if t not in named.values()]
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=normalizer["lowercase"],
@@ -146,6 +187,39 @@ def pruned_tokenizer(teacher_tokenizer, vocab_map: VocabMap) -> BertTokenizer:
     return tokenizer
 
 
+def _pruned_unigram(teacher_tokenizer, vocab_map: VocabMap) -> PreTrainedTokenizerFast:
+    """The teacher's tokenizer.json with the Unigram vocabulary cut to the kept pieces and every id in it
+    (unknown id, added tokens, the post-processor's special tokens) renumbered."""
+    spec = tokenizer_spec(teacher_tokenizer)
+    lookup = vocab_map.old_to_new().tolist()
+    spec["model"]["vocab"] = [spec["model"]["vocab"][int(old)] for old in vocab_map.kept_ids]
+    spec["model"]["unk_id"] = lookup[spec["model"]["unk_id"]]
+    for token in spec["added_tokens"]:
+        token["id"] = lookup[token["id"]]
+    spec["post_processor"] = _renumber_processor(spec["post_processor"], lookup)
+    named = {name: str(value) for name in (*NAMED_SPECIAL_TOKENS, "bos_token", "eos_token")
+             if (value := getattr(teacher_tokenizer, name, None)) is not None}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                   model_max_length=teacher_tokenizer.model_max_length, **named)
+
+
+def _renumber_processor(processor: dict | None, lookup: list[int]) -> dict | None:
+    """A post-processor (TemplateProcessing, Roberta/BertProcessing or a Sequence of them) with new ids."""
+    if processor is None:
+        return None
+    kind = processor["type"]
+    if kind == "Sequence":
+        return {**processor, "processors": [_renumber_processor(p, lookup) for p in processor["processors"]]}
+    if kind == "TemplateProcessing":
+        for special in processor["special_tokens"].values():
+            special["ids"] = [lookup[i] for i in special["ids"]]
+    elif kind in ("RobertaProcessing", "BertProcessing"):
+        processor["sep"], processor["cls"] = [(token, lookup[i]) for token, i in (processor["sep"], processor["cls"])]
+    elif kind != "ByteLevel":
+        raise ModelError(f"vocabulary pruning cannot renumber a {kind} post-processor")
+    return processor
+
+
 def save_tokenizer(tokenizer, directory: str | Path) -> None:
     """`save_pretrained`, plus for WordPiece a vocab.txt (one token a line, in id order) for tools that read
     BERT vocabulary files: transformers 5 itself writes and reads tokenizer.json only."""
@@ -155,17 +229,25 @@ def save_tokenizer(tokenizer, directory: str | Path) -> None:
         atomic_write_text(Path(directory) / "vocab.txt", "".join(f"{t}\n" for t in sorted(vocab, key=vocab.get)))
 
 
-def check_round_trip(teacher_tokenizer, student_tokenizer, vocab_map: VocabMap, texts: list[str]) -> None:
-    """The student's tokenizer must give `old_to_new[teacher ids]` on text whose tokens it kept."""
+def check_round_trip(teacher_tokenizer, student_tokenizer, vocab_map: VocabMap, texts: list[str]) -> int:
+    """The student's tokenizer must give `old_to_new[teacher ids]` on text whose tokens it kept; returns how
+    many texts were checked (a text with a pruned token is passed over: see the module docstring)."""
+    if not texts:
+        return 0
     lookup = vocab_map.old_to_new()
-    for text in texts:
-        teacher_ids = torch.tensor(teacher_tokenizer(text)["input_ids"])
+    teacher_rows = teacher_tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    student_rows = student_tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    checked = 0
+    for text, teacher_ids, student_ids in zip(texts, teacher_rows, student_rows, strict=True):
+        teacher_ids = torch.tensor(teacher_ids)
         expected = lookup[teacher_ids]
         if (expected == vocab_map.unk_id).sum() > (teacher_ids == teacher_tokenizer.unk_token_id).sum():
-            continue  # a pruned piece: WordPiece may split the word otherwise (see the module docstring)
-        if student_tokenizer(text)["input_ids"] != expected.tolist():
-            raise ModelError(f"student.vocab: the pruned tokenizer splits {text[:40]!r} differently from the "
-                             "teacher's; its normalisation is not reproduced (please report this)")
+            continue  # a pruned piece: the pruned tokenizer may split the word otherwise
+        if student_ids != expected.tolist():
+            raise ModelError(f"vocabulary pruning: the pruned tokenizer splits {text[:40]!r} differently from "
+                             "the original; its normalisation is not reproduced (please report this)")
+        checked += 1
+    return checked
 
 
 def student_vocabulary(cfg: StudentConfig, teacher_tokenizer, teacher_source: str, teacher_size: int,
@@ -185,7 +267,7 @@ def student_vocabulary(cfg: StudentConfig, teacher_tokenizer, teacher_source: st
         tokenizer = saved if current is not None else teacher_tokenizer
     if cfg.vocab == "full":
         return current, tokenizer
-    check_wordpiece(teacher_tokenizer, teacher_source)
+    check_prunable(teacher_tokenizer, teacher_source)
     counts, probe_texts = count_ids()
     for index, path in enumerate(cfg.vocab_texts or []):
         try:
@@ -219,3 +301,53 @@ def describe(vocab_map: VocabMap | None, teacher_size: int) -> dict:
 
 def _has_tokenizer(directory: str) -> bool:
     return (Path(directory).expanduser() / "tokenizer_config.json").is_file()
+
+
+def prune_model_dir(model_dir: str | Path, output_dir: str | Path, texts: list[str], min_count: int = 1,
+                    overwrite: bool = False) -> str:
+    """`tinydistill prune-vocab`: `model_dir` (any saved model and its tokenizer, a teacher included) cut to
+    the pieces that `texts` use at least `min_count` times plus the special tokens, written to `output_dir`.
+    Every text is checked to tokenise to the remapped ids of the original tokenizer before anything is
+    written; the folder appears only once complete."""
+    source, output_dir = str(model_dir), Path(output_dir).expanduser()
+    if not texts:
+        raise ConfigError("prune-vocab: give at least one --texts FILE")
+    if min_count < 1:
+        raise ConfigError(f"prune-vocab: --min-count must be >= 1, got {min_count}")
+    if output_dir.exists() and not overwrite:
+        raise ConfigError(f"prune-vocab: {output_dir} already exists (--overwrite replaces it)")
+    tokenizer = load_tokenizer(source, "model")
+    check_prunable(tokenizer, source, "prune-vocab")
+    model_class = getattr(transformers, (load_model_config(source, "model").architectures or ["AutoModel"])[0],
+                          transformers.AutoModel)
+    model = load_pretrained(model_class, source, "model", dtype=torch.float32)
+    size, parameters = model.get_input_embeddings().num_embeddings, model.num_parameters()
+    corpora = [CorpusConfig(path=path) for path in texts]
+    counts = torch.zeros(size, dtype=torch.long)
+    for path, corpus in zip(texts, corpora, strict=True):
+        try:
+            counts += count_stream_tokens(corpus, tokenizer, size)[0]
+        except DataError as err:
+            raise DataError(f"prune-vocab --texts {path}: {err}") from None
+    vocab_map = prune(counts, min_count, tokenizer, size)
+    gather_vocab_rows(model, vocab_map.kept_ids)
+    pruned = pruned_tokenizer(tokenizer, vocab_map)
+    checked = sum(check_round_trip(tokenizer, pruned, vocab_map, batch)
+                  for corpus in corpora for batch in stream_text_batches(corpus))
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(staging)
+        save_tokenizer(pruned, staging)
+        atomic_write_text(staging / "pruned_vocab.json", json.dumps(
+            {"source": source, "texts": texts, "min_count": min_count, "vocab_before": size,
+             "vocab_after": vocab_map.size, "parameters_before": parameters,
+             "parameters_after": model.num_parameters(), "texts_checked": checked}, indent=2) + "\n")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.chmod(0o755)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return (f"prune-vocab: vocabulary {size:,} -> {vocab_map.size:,}, parameters {parameters:,} -> "
+            f"{model.num_parameters():,}; {checked:,} texts tokenise identically (ids remapped) -> {output_dir}")

@@ -27,7 +27,7 @@ from pipeline.corpus import TrainingCorpus
 from pipeline.corpus.prepare import prepare_corpus
 from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.prune_vocab import (
-    check_wordpiece,
+    check_prunable,
     count_token_ids,
     gather_vocab_rows,
     prune,
@@ -194,10 +194,11 @@ def test_vocab_texts_are_counted_with_the_training_text(teacher_dir, tmp_path):
                            lambda: (count_token_ids(seen_ids, len(tokenizer)), SEEN))
 
 
-def test_a_tokenizer_that_is_not_wordpiece_is_refused():
+def test_a_tokenizer_that_is_neither_wordpiece_nor_unigram_is_refused():
     backend = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
-    with pytest.raises(ModelError, match=r"student.vocab: prune supports WordPiece \(BERT-style\) tokenizers only"):
-        check_wordpiece(PreTrainedTokenizerFast(tokenizer_object=backend), "teacher-dir")
+    with pytest.raises(ModelError, match=r"student.vocab: prune supports WordPiece \(BERT-style\) and "
+                                         r"SentencePiece Unigram \(XLM-R-style\) tokenizers; teacher-dir has"):
+        check_prunable(PreTrainedTokenizerFast(tokenizer_object=backend), "teacher-dir")
 
 
 def general_config(teacher, corpus: Path, out: Path, **student) -> dict:

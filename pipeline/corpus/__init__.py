@@ -132,19 +132,27 @@ class TrainingCorpus:
 def count_stream_tokens(cfg: CorpusConfig, tokenizer, vocab_size: int) -> tuple[torch.Tensor, list[str]]:
     """(how often each id occurs in the texts of `cfg.path`, read once as a stream, a few of the texts)."""
     counts = torch.zeros(vocab_size, dtype=torch.long)
+    sample: list[str] = []
+    for texts in stream_text_batches(cfg):
+        counts += _count_lines(tokenizer, texts, vocab_size)
+        sample = sample or texts[:SAMPLE_TEXTS]
+    return counts, sample
+
+
+def stream_text_batches(cfg: CorpusConfig, lines: int = COUNT_BATCH_LINES) -> Iterator[list[str]]:
+    """The non-empty, well-formed texts of `cfg.path`, read once from the start, `lines` at a time."""
     source = open_source(cfg)
-    texts, sample = [], []
+    texts = []
     for row, _where in source.rows(list(range(len(getattr(source, "files", [])) or 1)), None):
         if row.text and not row.bad:
             texts.append(row.text)
-        if len(texts) == COUNT_BATCH_LINES:
-            counts += _count_lines(tokenizer, texts, vocab_size)
-            sample, texts = sample or texts[:SAMPLE_TEXTS], []
+        if len(texts) == lines:
+            yield texts
+            texts = []
     if texts:
-        counts += _count_lines(tokenizer, texts, vocab_size)
-    return counts, sample or texts[:SAMPLE_TEXTS]
+        yield texts
 
 
 def _count_lines(tokenizer, texts: list[str], vocab_size: int) -> torch.Tensor:
-    ids = [i for row in tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] for i in row]
+    ids = [i for row in tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] for i in row]
     return torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=vocab_size)
