@@ -42,7 +42,7 @@ def rule_by_rule_normalizer(char_map: Mapping[int, str]) -> normalizers.Normaliz
     """The same normalisation as one `Replace` rule per map entry (then spaces collapsed): exact but slow (a
     pass over the text per entry). The reference that tests and `bench/tokenizer.py` compare against; it
     equals the map because no replacement contains a key (checked)."""
-    chained = [cp for cp, target in char_map.items() if any(ord(ch) in char_map for ch in target)]
+    chained = [cp for cp, target in char_map.items() if target != chr(cp) and any(ord(ch) in char_map for ch in target)]
     if chained:
         raise ValueError(f"the map is not one-step: U+{chained[0]:04X}'s replacement is itself mapped")
     rules = [normalizers.Replace(chr(cp), target) for cp, target in sorted(char_map.items()) if cp]
