@@ -75,6 +75,16 @@ def load_pretrained(model_class, name_or_path: str, role: str, dtype: torch.dtyp
         raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
 
 
+def load_saved_model(model_class, name_or_path: str, role: str) -> PreTrainedModel:
+    """A saved model in float32 with nothing added: a bare encoder whose checkpoint has no pooler (an imported
+    e5 teacher) does not get one with random weights, so saving it again writes what was read."""
+    model, loading = load_pretrained(model_class, name_or_path, role, dtype=torch.float32, output_loading_info=True)
+    pooler = getattr(model, "pooler", None)
+    if pooler is not None and {f"pooler.{name}" for name, _ in pooler.named_parameters()} <= set(loading["missing_keys"]):
+        model.pooler = None
+    return model
+
+
 def load_teacher(name_or_path: str, dtype: str = "float32", model_class=AutoModel) -> PreTrainedModel:
     """A frozen teacher in eval mode: no gradients, never wrapped for DDP."""
     teacher = load_pretrained(model_class, name_or_path, "teacher", dtype=DTYPES[dtype])

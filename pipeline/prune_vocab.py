@@ -39,7 +39,7 @@ from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 from pipeline.config import atomic_write_text
 from pipeline.corpus import count_stream_tokens, stream_text_batches
 from pipeline.errors import ConfigError, DataError, ModelError
-from pipeline.models import load_model_config, load_pretrained, load_tokenizer
+from pipeline.models import load_model_config, load_saved_model, load_tokenizer
 from pipeline.schema import CorpusConfig, StudentConfig
 
 NAMED_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -318,10 +318,8 @@ def prune_model_dir(model_dir: str | Path, output_dir: str | Path, texts: list[s
         raise ConfigError(f"prune-vocab: {output_dir} already exists (--overwrite replaces it)")
     tokenizer = load_tokenizer(source, "model")
     check_prunable(tokenizer, source, "prune-vocab")
-    model_class = getattr(transformers, (load_model_config(source, "model").architectures or ["AutoModel"])[0],
-                          transformers.AutoModel)
-    model = load_pretrained(model_class, source, "model", dtype=torch.float32)
-    size, parameters = model.get_input_embeddings().num_embeddings, model.num_parameters()
+    config = load_model_config(source, "model")
+    size = config.vocab_size
     corpora = [CorpusConfig(path=path) for path in texts]
     counts = torch.zeros(size, dtype=torch.long)
     for path, corpus in zip(texts, corpora, strict=True):
@@ -329,6 +327,9 @@ def prune_model_dir(model_dir: str | Path, output_dir: str | Path, texts: list[s
             counts += count_stream_tokens(corpus, tokenizer, size)[0]
         except DataError as err:
             raise DataError(f"prune-vocab --texts {path}: {err}") from None
+    model = load_saved_model(getattr(transformers, (config.architectures or ["AutoModel"])[0], transformers.AutoModel),
+                             source, "model")
+    parameters = model.num_parameters()
     vocab_map = prune(counts, min_count, tokenizer, size)
     gather_vocab_rows(model, vocab_map.kept_ids)
     pruned = pruned_tokenizer(tokenizer, vocab_map)

