@@ -4,12 +4,16 @@ Layout of a stage's output directory:
     tinydistill_run.json        written last; its presence means "this run finished"
     resolved_config.yaml        the config that made it
     train_log.jsonl             one JSON object per logged step
-    checkpoints/step_000100/    accelerate state (model, optimizer, scheduler, RNG) + train_state.json
-A checkpoint is written under a hidden temp name and renamed when complete.
+    checkpoints/step_000100/    accelerate state (model, optimizer, scheduler, RNG) + train_state.json +
+                                run_signature.json + manifest.json (every file's size and sha256, written last)
+A checkpoint is written under a hidden temp name, its manifest last, and renamed when complete. Resuming
+verifies the manifest: a damaged newest checkpoint (a node died mid-copy, a disk filled) is passed over, with
+a warning, for the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +23,7 @@ from pipeline.errors import ConfigError
 
 FINISHED_MARKER = "tinydistill_run.json"
 CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
 
 
 def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume_from: str | None) -> Path:
@@ -54,17 +59,69 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def resolve_resume(output_dir: str | Path, resume_from: str | None) -> Path | None:
-    """The checkpoint to resume from: `auto` means the newest one in output_dir (None if there is none)."""
+def resolve_resume(output_dir: str | Path, resume_from: str | None) -> tuple[Path | None, list[str]]:
+    """(the checkpoint to resume from, one warning per damaged checkpoint passed over).
+
+    `auto` means the newest intact checkpoint in output_dir (None if there is none at all); a path must be an
+    intact checkpoint. No intact checkpoint is a one-line `ConfigError`."""
     if resume_from is None:
-        return None
+        return None, []
     if resume_from == "auto":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        if not checkpoints:
+            return None, []
+        warnings = []
+        for checkpoint in reversed(checkpoints):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                return checkpoint, [f"{w}; resuming from {checkpoint.name}" for w in warnings]
+            warnings.append(f"checkpoint {checkpoint} is damaged ({problem})")
+        raise ConfigError(f"train.resume_from: no intact checkpoint in {Path(output_dir) / CHECKPOINTS}: "
+                          f"{'; '.join(w.removeprefix('checkpoint ') for w in warnings)}")
     path = Path(resume_from)
     if not (path / "train_state.json").is_file():
         raise ConfigError(f"train.resume_from: {resume_from} is not a tinydistill checkpoint (no train_state.json)")
-    return path
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ConfigError(f"train.resume_from: checkpoint {resume_from} is damaged ({problem})")
+    return path, []
+
+
+def write_manifest(checkpoint: Path) -> None:
+    """List every file of a written checkpoint with its size and sha256, in manifest.json, written last."""
+    files = {str(p.relative_to(checkpoint)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    write_json(checkpoint / MANIFEST, {"files": files})
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint against its manifest (None: intact). A checkpoint written before
+    manifests existed has none and is taken as it is."""
+    manifest_path = checkpoint / MANIFEST
+    if not manifest_path.is_file():
+        return None if (checkpoint / "train_state.json").is_file() else "no train_state.json"
+    try:
+        files = read_json(manifest_path)["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    for name, expected in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size:,} bytes, the manifest says {expected['bytes']:,}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoint_paths(output_dir: str | Path, step: int) -> tuple[Path, Path]:

@@ -10,7 +10,8 @@
     tinydistill prepare-corpus data/wiki_zh --tokenizer bert-base-chinese --output data/wiki_zh_128 --num-proc 8
 
 Stage commands take a YAML config plus dotted overrides, before or after the flags. Problems a user can fix (`TinyDistillError`)
-are printed as one line on stderr with exit code 2; nothing else is caught.
+are printed as one line on stderr with exit code 2; a run stopped by a signal (SIGTERM, SIGINT, SIGUSR1) saves a
+checkpoint, says so in one line and exits with 75 (`--resume` continues it); a second SIGINT aborts with 130.
 """
 
 from __future__ import annotations
@@ -236,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _dispatch(args)
     except TinyDistillError as err:
-        print(f"tinydistill {args.command}: error: {err}", file=sys.stderr)
+        print(f"tinydistill {args.command}: {err.prefix}: {err}", file=sys.stderr)
         _leave_process_group()
-        return 2
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"tinydistill {args.command}: interrupted (nothing saved since the last checkpoint)", file=sys.stderr)
+        return 130
     if result is not None:
         print(result)
     return 0

@@ -4,6 +4,9 @@
 class TinyDistillError(Exception):
     """A problem with the user's input (config, data, model) that they can fix."""
 
+    exit_code = 2  # what the CLI exits with
+    prefix = "error"  # what the CLI's one line says before the message
+
 
 class ConfigError(TinyDistillError):
     """A config key is unknown, has the wrong type, or holds an impossible value."""

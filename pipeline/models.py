@@ -75,6 +75,15 @@ def load_pretrained(model_class, name_or_path: str, role: str, dtype: torch.dtyp
         raise ModelError(f"cannot load {role} {name_or_path!r}: {_first_line(err)}") from None
 
 
+def teacher_identity(*sources: str) -> str:
+    """The teachers a run distils from, as a checkpoint records them: local folders by absolute path."""
+    names = []
+    for source in sources:
+        path = Path(split_revision(source)[0]).expanduser()
+        names.append(str(path.resolve()) if path.exists() else source)
+    return ", ".join(names)
+
+
 def load_saved_model(model_class, name_or_path: str, role: str) -> PreTrainedModel:
     """A saved model in float32 with nothing added: a bare encoder whose checkpoint has no pooler (an imported
     e5 teacher) does not get one with random weights, so saving it again writes what was read."""

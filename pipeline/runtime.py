@@ -7,7 +7,9 @@ this module only composes them. One process, many GPUs or many nodes (`accelerat
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,9 +27,13 @@ from accelerate.utils import (
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import checkpoint_paths, finalize_checkpoint, read_json, write_json
+from pipeline.checkpoints import checkpoint_paths, finalize_checkpoint, read_json, write_json, write_manifest
 from pipeline.cpu_memory import retain_freed_memory
+from pipeline.errors import ConfigError
+from pipeline.guards import TrainingDiverged, nonfinite_parameters
 from pipeline.schema import TrainConfig
+
+SIGNATURE = "run_signature.json"
 
 
 def make_accelerator(train: TrainConfig, output_dir: str | Path) -> tuple[Accelerator, TrainConfig]:
@@ -115,6 +121,8 @@ class TrainState:
     best_metric: float | None = None  # tasks: the best dev score so far, and its step
     best_step: int = 0
     data_position: dict | None = None  # a streamed corpus's reader position (pipeline/corpus/stream.py)
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss, term or gradient norm, in all
+    nonfinite_in_a_row: int = 0  # ... and in a row up to now (train.max_nonfinite_steps stops the run)
 
     def save(self, directory: Path, rank: int) -> None:
         write_json(directory / f"train_state_rank{rank}.json", asdict(self))
@@ -127,22 +135,69 @@ class TrainState:
         return cls(**read_json(own if own.is_file() else directory / "train_state.json"))
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainState, keep: int) -> Path:
-    """All ranks write accelerate state + their data position into a temp dir; rank 0 renames it."""
+def run_signature(train: TrainConfig, accelerator: Accelerator, model: nn.Module, teacher: str | None) -> dict:
+    """What a checkpoint must share with the run that resumes it: the batch layout (exact resume replays the
+    same batches), the model's shape and the teacher."""
+    shapes = [[name, list(param.shape)] for name, param in accelerator.unwrap_model(model).named_parameters()]
+    return {"batch_size": train.batch_size, "grad_accum": accelerator.gradient_accumulation_steps,
+            "processes": accelerator.num_processes,
+            "model_shape": hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16],
+            "parameters": sum(p.numel() for p in model.parameters()), "teacher": teacher}
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainState, keep: int, model: nn.Module,
+                    signature: dict) -> Path:
+    """All ranks write accelerate state + their data position into a temp dir; rank 0 writes the manifest
+    last and renames it. Weights that are not finite are never written."""
+    bad = nonfinite_parameters(accelerator.unwrap_model(model))
+    if bad:
+        raise TrainingDiverged(f"step {state.step}: the weights are not finite ({', '.join(bad[:3])}"
+                               f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); nothing was saved, the "
+                               "last checkpoint is the last good one")
     tmp, final = checkpoint_paths(output_dir, state.step)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     state.save(tmp, accelerator.process_index)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_json(tmp / SIGNATURE, signature)
+        write_manifest(tmp)
         finalize_checkpoint(tmp, final, keep)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> TrainState:
-    accelerator.load_state(str(checkpoint))
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, signature: dict) -> TrainState:
+    """Restore a checkpoint written under the same signature; anything else is one `ConfigError` line."""
+    saved_path = checkpoint / SIGNATURE
+    if saved_path.is_file():
+        check_signature(read_json(saved_path), signature, checkpoint)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as err:  # noqa: BLE001  (a damaged file in a checkpoint without a manifest: one line, no traceback)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"train.resume_from: checkpoint {checkpoint} cannot be loaded "
+                          f"({type(err).__name__}: {first[:200]})") from None
     return TrainState.load(checkpoint, accelerator.process_index)
+
+
+def check_signature(saved: dict, current: dict, checkpoint: Path) -> None:
+    """Refuse to resume under a batch layout, model or teacher other than the checkpoint's."""
+    if saved.get("teacher") != current.get("teacher"):
+        raise ConfigError(f"train.resume_from: checkpoint {checkpoint} was trained with the teacher "
+                          f"{saved.get('teacher')}, this run has {current.get('teacher')}; a run cannot change "
+                          "teacher (start again with --overwrite)")
+    if saved.get("model_shape") != current.get("model_shape"):
+        raise ConfigError(f"train.resume_from: checkpoint {checkpoint} holds another model shape "
+                          f"({saved.get('parameters'):,} parameters, this run's model has "
+                          f"{current.get('parameters'):,}); a run cannot change its model (start again with "
+                          "--overwrite)")
+    changed = [f"{key} {saved[key]} -> {current[key]}" for key in ("batch_size", "grad_accum", "processes")
+               if key in saved and saved[key] != current[key]]
+    if changed:
+        raise ConfigError(f"train.resume_from: {', '.join(changed)} since checkpoint {checkpoint.name}; exact "
+                          "resume replays the same batches, so it needs the same batch size, accumulation and "
+                          "number of processes (restore them, or start again with --overwrite)")
 
 
 class RunLog:
@@ -184,6 +239,12 @@ class RunLog:
     def event(self, name: str, **fields) -> None:
         if self.main:
             self._append({"event": name, **fields})
+
+    def warning(self, message: str) -> None:
+        """One line on stderr (main process) and a `warning` event in the log."""
+        if self.main:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
+            self._append({"event": "warning", "message": message})
 
     def close(self) -> None:
         self.bar.close()

@@ -173,6 +173,7 @@ class TrainConfig:
     progress_bar: bool = True
     group_by_length: bool = False  # task data only: batches of similar-length rows (less padding)
     cpu_retain_memory: bool = True  # CPU runs: keep freed memory mapped (pipeline/cpu_memory.py); costs peak RSS
+    max_nonfinite_steps: int = 10  # stop after this many steps in a row with a NaN/inf loss, term or gradient norm
 
     def without_teacher(self, section: str = "train") -> None:
         """Refuse teacher settings in a stage that has no teacher (finetune, pretrain)."""
@@ -186,7 +187,8 @@ class TrainConfig:
                               "stream is packed into full-length sequences")
 
     def __post_init__(self):
-        positive = ("batch_size", "grad_accum", "epochs", "log_every", "save_every", "keep_checkpoints")
+        positive = ("batch_size", "grad_accum", "epochs", "log_every", "save_every", "keep_checkpoints",
+                    "max_nonfinite_steps")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import resolve_resume
+from pipeline.checkpoints import list_checkpoints, resolve_resume
+from pipeline.guards import (
+    PREEMPTED_EXIT_CODE,
+    Preempted,
+    StepVerdict,
+    TrainingDiverged,
+    step_verdict,
+    stop_signals,
+)
 from pipeline.metrics import main_metric
 from pipeline.runtime import (
     RunLog,
@@ -30,6 +38,7 @@ from pipeline.runtime import (
     load_checkpoint,
     mean_across_processes,
     run_facts,
+    run_signature,
     save_checkpoint,
 )
 from pipeline.schema import TrainConfig
@@ -111,50 +120,92 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
     scheduler = build_scheduler(optimizer, train, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    resume = resolve_resume(output_dir, train.resume_from)
-    state = load_checkpoint(accelerator, resume) if resume else TrainState()
+    signature = run_signature(train, accelerator, model, header.get("teacher"))
+    resume, damaged = resolve_resume(output_dir, train.resume_from)
+    state = load_checkpoint(accelerator, resume, signature) if resume else TrainState()
     eval_every = (evaluation.every or eval_every or total_steps) if evaluation else None
 
     log = RunLog(accelerator, output_dir, total_steps, state.step, train.progress_bar, description)
+    for warning in damaged:
+        log.warning(warning)
     log.header({**header, **run_facts(train, accelerator), "steps": total_steps,
                 "resumed_from": str(resume) if resume else None})
     batches = batches_from(state)
-    while state.step < total_steps and not out_of_patience(evaluation, state, eval_every):
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        tokens = 0
-        for _ in range(train.grad_accum):
-            epoch, index, batch, *position = next(batches)
-            state.epoch, state.batches_in_epoch = epoch, index + 1
-            if position:
-                state.data_position = position[0]
-            tokens += int(batch["attention_mask"].sum())  # on the host: no device sync per micro-batch
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                terms = compute_terms(model, batch, state.step / total_steps)
-                accelerator.backward(terms["loss"])
-                if accelerator.sync_gradients and train.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().float() / train.grad_accum
-            state.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        state.step += 1
-        state.tokens_seen += tokens * accelerator.num_processes
-        is_log_step = state.step % train.log_every == 0 or state.step == total_steps
-        log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
-        if evaluation and (state.step % eval_every == 0 or state.step == total_steps):
-            _evaluate(accelerator, model, evaluation, state, output_dir, log)
-        stopping = state.step < total_steps and out_of_patience(evaluation, state, eval_every)
-        if state.step % train.save_every == 0 or state.step == total_steps or stopping:
-            save_checkpoint(accelerator, output_dir, state, train.keep_checkpoints)
-        if stopping:
-            log.event("early_stop", step=state.step, best_step=state.best_step, best=state.best_metric,
-                      patience=evaluation.patience)
+    with stop_signals() as stop:
+        while state.step < total_steps and not out_of_patience(evaluation, state, eval_every):
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            tokens = 0
+            for _ in range(train.grad_accum):
+                epoch, index, batch, *position = next(batches)
+                state.epoch, state.batches_in_epoch = epoch, index + 1
+                if position:
+                    state.data_position = position[0]
+                tokens += int(batch["attention_mask"].sum())  # on the host: no device sync per micro-batch
+                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+                with accelerator.accumulate(model):
+                    terms = compute_terms(model, batch, state.step / total_steps)
+                    accelerator.backward(terms["loss"])
+                    for name, value in terms.items():
+                        sums[name] = sums.get(name, 0.0) + value.detach().float() / train.grad_accum
+                    if accelerator.sync_gradients:
+                        verdict = step_verdict(accelerator, {**sums, "grad_norm": _grad_norm(accelerator, model, train)},
+                                               stop.requested)
+                        if not verdict.nonfinite:
+                            optimizer.step()
+                        elif accelerator.scaler is not None:
+                            accelerator.scaler.update()  # fp16: the scaler saw the overflow and lowers its scale
+                    optimizer.zero_grad()
+                state.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
+            lr = scheduler.get_last_lr()[0]
+            if verdict.nonfinite:
+                _skip_step(state, verdict, train, log, output_dir)
+            else:
+                scheduler.step()
+                state.nonfinite_in_a_row = 0
+            state.step += 1
+            state.tokens_seen += tokens * accelerator.num_processes
+            is_log_step = state.step % train.log_every == 0 or state.step == total_steps
+            log.step(state, tokens, mean_across_processes(accelerator, sums) if is_log_step else None, lr)
+            if evaluation and (state.step % eval_every == 0 or state.step == total_steps):
+                _evaluate(accelerator, model, evaluation, state, output_dir, log)
+            stopping = state.step < total_steps and out_of_patience(evaluation, state, eval_every)
+            if state.step % train.save_every == 0 or state.step == total_steps or stopping or verdict.stop:
+                saved = save_checkpoint(accelerator, output_dir, state, train.keep_checkpoints, model, signature)
+            if stopping:
+                log.event("early_stop", step=state.step, best_step=state.best_step, best=state.best_metric,
+                          patience=evaluation.patience)
+            if verdict.stop and state.step < total_steps:
+                log.event("preempted", step=state.step, signal=stop.signal_name or "another rank's", checkpoint=str(saved))
+                log.close()
+                raise Preempted(f"{stop.signal_name or 'a signal to another rank'} at step {state.step}: checkpoint "
+                                f"{saved} saved; continue with --resume (exit code {PREEMPTED_EXIT_CODE})")
     return accelerator.unwrap_model(model), state, log
+
+
+def _grad_norm(accelerator, model, train: TrainConfig) -> torch.Tensor:
+    """The gradient norm after clipping to `train.max_grad_norm` (unclipped when it is unset)."""
+    if train.max_grad_norm:
+        return accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+    accelerator.unscale_gradients()
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+
+def _skip_step(state: TrainState, verdict: StepVerdict, train: TrainConfig, log: RunLog, output_dir: Path) -> None:
+    """Count a skipped non-finite step; stop the run after `train.max_nonfinite_steps` in a row."""
+    state.nonfinite_steps += 1
+    state.nonfinite_in_a_row += 1
+    step = state.step + 1
+    log.event("nonfinite", step=step, terms=verdict.nonfinite, in_a_row=state.nonfinite_in_a_row,
+              total=state.nonfinite_steps)
+    if state.nonfinite_in_a_row >= train.max_nonfinite_steps:
+        last = list_checkpoints(output_dir)
+        log.close()
+        raise TrainingDiverged(
+            f"step {step}: {state.nonfinite_in_a_row} steps in a row with non-finite values "
+            f"({', '.join(verdict.nonfinite)}), train.max_nonfinite_steps is {train.max_nonfinite_steps}; stopped. "
+            f"The last good checkpoint is {last[-1] if last else 'none (no checkpoint was saved yet)'}; "
+            "lower train.lr or look at the data near this step")
 
 
 def _evaluate(accelerator, model, evaluation: Evaluation, state: TrainState, output_dir: Path, log: RunLog) -> None:

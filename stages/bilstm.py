@@ -35,7 +35,13 @@ from pipeline.config import write_resolved_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
 from pipeline.losses import logits_mse
-from pipeline.models import count_parameters, load_model_config, load_teacher, load_tokenizer
+from pipeline.models import (
+    count_parameters,
+    load_model_config,
+    load_teacher,
+    load_tokenizer,
+    teacher_identity,
+)
 from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
 from pipeline.tasks import (
@@ -140,7 +146,7 @@ def run_bilstm(cfg: BiLSTMConfig) -> Path:
 
     evaluation = dev_evaluation(task, label_names, data["dev"], cfg.eval_batch_size, vocab.pad_token_id,
                                 accelerator.device, cfg.eval_every, save_model)
-    header = {"student": "bilstm", "unit": cfg.unit, "vocab": len(vocab), "vectors_coverage": coverage,
+    header = {"student": "bilstm", "teacher": teacher_identity(cfg.teacher), "unit": cfg.unit, "vocab": len(vocab), "vectors_coverage": coverage,
               "pair": model.config.pair, "loss": "logits_mse", "transfer_rows": len(transfer),
               "student_params": count_parameters(model)}
     model, state = train_on_task_data(accelerator, model, transfer, compute_terms, train, output_dir,

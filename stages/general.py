@@ -56,6 +56,7 @@ from pipeline.models import (
     load_model_config,
     load_teacher,
     load_tokenizer,
+    teacher_identity,
 )
 from pipeline.projections import Projections, build_projections
 from pipeline.prune_vocab import describe, id_lookup, save_tokenizer, student_batch, student_vocabulary
@@ -154,6 +155,7 @@ def _run_tinybert(cfg: GeneralConfig) -> Path:
                                     hidden_projection_layers(layer_map, cfg.loss), cfg.loss.projection, previous)
     model = StudentWithProjections(student, projections).to(accelerator.device)
     header = {
+        "teacher": teacher_identity(cfg.teacher),
         "mapping (student->teacher)": layer_map.describe(),
         "teacher_params": count_parameters(teacher),
         "student_params": count_parameters(student),
@@ -247,6 +249,7 @@ def _run_distilbert(cfg: GeneralConfig) -> Path:
 
     header = {
         "objective": "distilbert",
+        "teacher": teacher_identity(cfg.teacher),
         "teacher_params": count_parameters(teacher),
         "student_params": count_parameters(student),
         "student_layers": student.config.num_hidden_layers,
@@ -286,7 +289,7 @@ def _run_minilmv2(cfg: GeneralConfig) -> Path:
 
     teacher = load_teacher(cfg.teacher, train.teacher_dtype).to(accelerator.device)
     student.to(accelerator.device)
-    header = {"objective": "minilmv2", "relations (student->teacher layer)": f"{student_layer}->{teacher_layer}",
+    header = {"objective": "minilmv2", "teacher": teacher_identity(cfg.teacher), "relations (student->teacher layer)": f"{student_layer}->{teacher_layer}",
               "relation_heads": cfg.minilmv2.relation_heads,
               "weights (qq, kk, vv)": [cfg.minilmv2.qq, cfg.minilmv2.kk, cfg.minilmv2.vv],
               "teacher_params": count_parameters(teacher), "student_params": count_parameters(student),

@@ -53,6 +53,7 @@ from pipeline.models import (
     load_teacher,
     load_tokenizer,
     parameter_count,
+    teacher_identity,
 )
 from pipeline.prediction import PredictionLossConfig, prediction_terms
 from pipeline.projections import Projections, build_projections
@@ -250,7 +251,7 @@ def _intermediate_step(cfg: TaskDistillConfig, student, layer_map, transfer, ste
                                     hidden_projection_layers(layer_map, cfg.intermediate.loss),
                                     cfg.intermediate.loss.projection, previous)
     model = StudentWithProjections(student, projections).to(accelerator.device)
-    header = {"step": "1/2 intermediate", "teacher_dtype": train.teacher_dtype,
+    header = {"step": "1/2 intermediate", "teacher": teacher_identity(cfg.teacher), "teacher_dtype": train.teacher_dtype,
               "mapping (student->teacher)": layer_map.describe(),
               "transfer_rows": len(transfer), "student_params": count_parameters(student),
               **describe(vocab.vocab_map, teacher.config.vocab_size)}
@@ -346,7 +347,7 @@ def _prediction_step(cfg: TaskDistillConfig, student, transfer, data, label_name
 
     evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, student_pad_id,
                                 accelerator.device, step.eval_every, save_model)
-    header = {"step": "2/2 prediction", "teacher_dtype": train.teacher_dtype, "loss": step.loss.kind if task_type != "regression" else "mse",
+    header = {"step": "2/2 prediction", "teacher": teacher_identity(*sources), "teacher_dtype": train.teacher_dtype, "loss": step.loss.kind if task_type != "regression" else "mse",
               "temperature": step.loss.temperature, "teacher_logits": "live" if live_teachers else "cached",
               "teachers": len(sources), "transfer_rows": len(transfer)}
     if len(sources) > 1:

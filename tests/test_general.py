@@ -187,8 +187,8 @@ def test_cli_unknown_key_is_one_line_with_exit_code_2(tmp_path, teacher_dir, cor
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "tinydistill general: error: train.bogus: unknown key (known keys here: adam_betas, adam_eps, batch_size, cpu_retain_memory, "
-        "epochs, grad_accum, group_by_length, keep_checkpoints, log_every, lr, max_grad_norm, max_steps, mixed_precision, "
-        "progress_bar, resume_from, save_every, schedule, seed, teacher_dtype, tensorboard, warmup_ratio, "
+        "epochs, grad_accum, group_by_length, keep_checkpoints, log_every, lr, max_grad_norm, max_nonfinite_steps, "
+        "max_steps, mixed_precision, progress_bar, resume_from, save_every, schedule, seed, teacher_dtype, tensorboard, warmup_ratio, "
         "weight_decay)"
     )
 
