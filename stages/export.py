@@ -3,7 +3,7 @@
     tinydistill export MODEL_DIR OUTPUT_DIR [--int8] [--fp16] [--opset N] [--task-config YAML] [--overwrite]
 
 MODEL_DIR: a `task`, `finetune` or `general` output (a teacher works too) or a `tinydistill bilstm` student.
-The folder layout is in `pipeline/export/__init__.py`. Every file is run on the same padded batches as the
+The folder layout is in `pipeline/shipping/export/__init__.py`. Every file is run on the same padded batches as the
 PyTorch model (the task's dev split with `task`, else generated text): an fp32 graph that differs by more
 than `tolerance` is refused and nothing is written; int8 and fp16 are reported as measured. int8 is
 quantised per tensor and per channel, and the file whose argmax agrees more often (then: smaller max
@@ -17,13 +17,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.checkpoints import FINISHED_MARKER, mark_finished, write_json
 from pipeline.config import write_resolved_config
 from pipeline.errors import ConfigError, ModelError
-from pipeline.export import EXPORT_INFO, ONNX_FILES, require_onnxruntime
-from pipeline.export.graph import EXPORTER, convert_fp16, export_onnx, load_source, quantize_int8
-from pipeline.export.runtime import OnnxModel
-from pipeline.export.validate import (
+from pipeline.shipping.export import EXPORT_INFO, ONNX_FILES, require_onnxruntime
+from pipeline.shipping.export.graph import EXPORTER, convert_fp16, export_onnx, load_source, quantize_int8
+from pipeline.shipping.export.runtime import OnnxModel
+from pipeline.shipping.export.validate import (
     compare,
     generated_rows,
     padded_batches,
@@ -31,7 +30,8 @@ from pipeline.export.validate import (
     task_rows,
     tracing_batch,
 )
-from pipeline.tasks import TaskConfig
+from pipeline.tasks.data import TaskConfig
+from pipeline.training.checkpoints import FINISHED_MARKER, mark_finished, write_json
 
 MIN_OPSET, MAX_OPSET = 14, 20  # sdpa needs 14; 20 is the TorchScript exporter's newest
 

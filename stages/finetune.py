@@ -21,22 +21,19 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
+from pipeline.distill.losses import hard_cross_entropy, logits_mse
+from pipeline.distill.prediction import span_rows
 from pipeline.errors import ConfigError
-from pipeline.losses import hard_cross_entropy, logits_mse
-from pipeline.metrics import main_metric, metric_names
-from pipeline.models import (
+from pipeline.models.loading import (
     count_parameters,
     forward_input_names,
     load_model_config,
     load_pretrained,
     load_tokenizer,
 )
-from pipeline.prediction import span_rows
-from pipeline.runtime import make_accelerator
 from pipeline.schema import TrainConfig
-from pipeline.tasks import (
+from pipeline.tasks.data import (
     TaskConfig,
     check_seq_len,
     label_maps,
@@ -47,7 +44,10 @@ from pipeline.tasks import (
     task_logits,
     tokenize_splits,
 )
-from pipeline.train_loop import BEST_DIR, dev_evaluation, planned_steps, train_on_task_data
+from pipeline.tasks.metrics import main_metric, metric_names
+from pipeline.training.checkpoints import mark_finished, prepare_output_dir, write_json
+from pipeline.training.runtime import make_accelerator
+from pipeline.training.train_loop import BEST_DIR, dev_evaluation, planned_steps, train_on_task_data
 
 
 @dataclass(frozen=True)

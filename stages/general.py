@@ -29,13 +29,12 @@ from typing import Literal
 import torch
 from transformers import AutoModelForMaskedLM
 
-from pipeline.architectures import architecture_of
-from pipeline.capture import capture_attention_scores, capture_qkv
-from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
-from pipeline.corpus import open_training_corpus
-from pipeline.errors import ConfigError, ModelError
-from pipeline.intermediate import (
+from pipeline.data.corpus import open_training_corpus
+from pipeline.data.masking import IGNORE_INDEX, masked_batches
+from pipeline.data.prune_vocab import describe, id_lookup, save_tokenizer, student_batch, student_vocabulary
+from pipeline.distill.capture import capture_attention_scores, capture_qkv
+from pipeline.distill.intermediate import (
     StudentWithProjections,
     freeze_unreached,
     hidden_projection_layers,
@@ -45,10 +44,12 @@ from pipeline.intermediate import (
     scored_layers,
     teacher_features,
 )
-from pipeline.losses import hidden_cosine, masked_lm_loss, soft_target_kl
-from pipeline.masking import IGNORE_INDEX, masked_batches
-from pipeline.minilm import MiniLMv2Config, check_relation_shapes, relation_terms
-from pipeline.models import (
+from pipeline.distill.losses import hidden_cosine, masked_lm_loss, soft_target_kl
+from pipeline.distill.minilm import MiniLMv2Config, check_relation_shapes, relation_terms
+from pipeline.distill.projections import Projections, build_projections
+from pipeline.errors import ConfigError, ModelError
+from pipeline.models.architectures import architecture_of
+from pipeline.models.loading import (
     build_student,
     check_teacher_student_fit,
     count_parameters,
@@ -58,11 +59,10 @@ from pipeline.models import (
     load_tokenizer,
     teacher_identity,
 )
-from pipeline.projections import Projections, build_projections
-from pipeline.prune_vocab import describe, id_lookup, save_tokenizer, student_batch, student_vocabulary
-from pipeline.runtime import TrainState, make_accelerator
 from pipeline.schema import CorpusConfig, IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
-from pipeline.train_loop import train_model
+from pipeline.training.checkpoints import mark_finished, prepare_output_dir
+from pipeline.training.runtime import TrainState, make_accelerator
+from pipeline.training.train_loop import train_model
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForMaskedLM, BertConfig, PreTrainedModel
 
-from pipeline.checkpoints import mark_finished, prepare_output_dir
 from pipeline.config import write_resolved_config
-from pipeline.corpus import open_training_corpus
+from pipeline.data.corpus import open_training_corpus
+from pipeline.data.masking import IGNORE_INDEX, masked_accuracy, masked_batches
+from pipeline.distill.losses import masked_lm_loss
 from pipeline.errors import ConfigError, ModelError
-from pipeline.losses import masked_lm_loss
-from pipeline.masking import IGNORE_INDEX, masked_accuracy, masked_batches
-from pipeline.models import count_parameters, load_pretrained, load_tokenizer
-from pipeline.runtime import TrainState, make_accelerator
+from pipeline.models.loading import count_parameters, load_pretrained, load_tokenizer
 from pipeline.schema import CorpusConfig, TrainConfig
-from pipeline.train_loop import train_model
+from pipeline.training.checkpoints import mark_finished, prepare_output_dir
+from pipeline.training.runtime import TrainState, make_accelerator
+from pipeline.training.train_loop import train_model
 
 ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
 

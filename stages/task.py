@@ -27,12 +27,18 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pipeline.architectures import architecture_of
-from pipeline.capture import capture_attention_scores
-from pipeline.checkpoints import FINISHED_MARKER, mark_finished, prepare_output_dir, write_json
 from pipeline.config import write_resolved_config
-from pipeline.errors import ConfigError, ModelError
-from pipeline.intermediate import (
+from pipeline.data.prune_vocab import (
+    VocabMap,
+    count_token_ids,
+    describe,
+    id_lookup,
+    save_tokenizer,
+    student_batch,
+    student_vocabulary,
+)
+from pipeline.distill.capture import capture_attention_scores
+from pipeline.distill.intermediate import (
     StudentWithProjections,
     freeze_unreached,
     hidden_projection_layers,
@@ -42,8 +48,11 @@ from pipeline.intermediate import (
     scored_layers,
     teacher_features,
 )
-from pipeline.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
-from pipeline.models import (
+from pipeline.distill.prediction import PredictionLossConfig, prediction_terms
+from pipeline.distill.projections import Projections, build_projections
+from pipeline.errors import ConfigError, ModelError
+from pipeline.models.architectures import architecture_of
+from pipeline.models.loading import (
     build_student,
     check_teacher_student_fit,
     count_parameters,
@@ -55,20 +64,8 @@ from pipeline.models import (
     parameter_count,
     teacher_identity,
 )
-from pipeline.prediction import PredictionLossConfig, prediction_terms
-from pipeline.projections import Projections, build_projections
-from pipeline.prune_vocab import (
-    VocabMap,
-    count_token_ids,
-    describe,
-    id_lookup,
-    save_tokenizer,
-    student_batch,
-    student_vocabulary,
-)
-from pipeline.runtime import make_accelerator, process_state
 from pipeline.schema import IntermediateLossConfig, MappingConfig, StudentConfig, TrainConfig
-from pipeline.tasks import (
+from pipeline.tasks.data import (
     TaskConfig,
     check_label_map,
     check_seq_len,
@@ -83,7 +80,10 @@ from pipeline.tasks import (
     tokenize_splits,
     tokenize_task,
 )
-from pipeline.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
+from pipeline.training.checkpoints import FINISHED_MARKER, mark_finished, prepare_output_dir, write_json
+from pipeline.training.logits_cache import DEFAULT_CACHE_DIR, with_teacher_logits
+from pipeline.training.runtime import make_accelerator, process_state
+from pipeline.training.train_loop import BEST_DIR, dev_evaluation, train_on_task_data
 
 INTERMEDIATE_DIR, PREDICTION_DIR = "intermediate", "prediction"
 

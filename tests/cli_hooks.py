@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stages.general
 import stages.pretrain
-from pipeline import train_loop
+from pipeline.training import train_loop
 
 
 def with_hooks(train_model):

@@ -78,13 +78,13 @@ def corpus_file(tmp_path) -> Path:
 def interrupt_after(step: int, monkeypatch, output_dir_name: str | None = None) -> None:
     """Simulate a kill (KeyboardInterrupt) right after training step `step` is logged, optionally only in
     the run whose output directory is called `output_dir_name` (e.g. task distillation's "prediction")."""
-    import pipeline.runtime
+    import pipeline.training.runtime
 
-    real_step = pipeline.runtime.RunLog.step
+    real_step = pipeline.training.runtime.RunLog.step
 
     def step_then_crash(self, state, *args):
         real_step(self, state, *args)
         if state.step == step and output_dir_name in (None, self.path.parent.name):
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(pipeline.runtime.RunLog, "step", step_then_crash)
+    monkeypatch.setattr(pipeline.training.runtime.RunLog, "step", step_then_crash)

@@ -8,11 +8,11 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from pipeline.config import from_dict
-from pipeline.corpus import open_training_corpus
+from pipeline.data.corpus import open_training_corpus
 from pipeline.errors import DataError
-from pipeline.models import load_tokenizer
-from pipeline.runtime import TrainState
+from pipeline.models.loading import load_tokenizer
 from pipeline.schema import CorpusConfig, TrainConfig
+from pipeline.training.runtime import TrainState
 
 
 def main(corpus_json: str, tokenizer: str, out: str, batches: int) -> None:

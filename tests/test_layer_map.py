@@ -2,8 +2,8 @@
 
 import pytest
 
+from pipeline.distill.layer_map import LayerMap, build_layer_map, teacher_layer_for
 from pipeline.errors import ConfigError
-from pipeline.layer_map import LayerMap, build_layer_map, teacher_layer_for
 
 
 def test_twelve_to_four_maps_to_layers_3_6_9_12_and_embeddings():

@@ -33,8 +33,8 @@ def build_entry(teacher_dir: str, cache_dir: str, start, messages) -> None:
     """One run's cache lookup, started together with the other run's."""
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.logits_cache import with_teacher_logits
-    from pipeline.runtime import process_state
+    from pipeline.training.logits_cache import with_teacher_logits
+    from pipeline.training.runtime import process_state
 
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
     dataset = small_dataset()
@@ -64,7 +64,7 @@ def test_two_processes_building_the_same_entry_at_once_compute_it_once(tmp_path)
 
     import datasets
 
-    from pipeline.tasks import predict_logits
+    from pipeline.tasks.data import predict_logits
 
     entry = next(p for p in cache.iterdir() if len(p.name) == 24)
     cached = np.asarray(datasets.load_from_disk(str(entry / "logits"))["teacher_logits"])
@@ -77,9 +77,9 @@ def test_two_processes_building_the_same_entry_at_once_compute_it_once(tmp_path)
 def test_cached_logits_are_stored_as_arrow_lists_from_the_arrays(tmp_path, token):
     import datasets
 
-    from pipeline.logits_cache import with_teacher_logits
-    from pipeline.runtime import process_state
-    from pipeline.tasks import predict_logits
+    from pipeline.tasks.data import predict_logits
+    from pipeline.training.logits_cache import with_teacher_logits
+    from pipeline.training.runtime import process_state
 
     model_class = BertForTokenClassification if token else BertForSequenceClassification
     teacher = model_class.from_pretrained(make_teacher(tmp_path / "teacher", token)).eval()

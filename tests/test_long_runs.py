@@ -21,7 +21,7 @@ from conftest import CHINESE_SENTENCES
 from safetensors.torch import load_file
 from test_general import general_config
 
-from pipeline.checkpoints import list_checkpoints
+from pipeline.training.checkpoints import list_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 HOOKS = REPO / "tests" / "cli_hooks.py"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import (
+from pipeline.distill.losses import (
     attention_kl,
     attention_mse,
     attention_pair_mask,
@@ -256,8 +256,8 @@ def test_attention_mse_reusing_the_student_scores_gives_the_same_gradient():
 
 
 def test_a_student_layer_mapped_to_two_teacher_layers_keeps_its_scores_for_both_terms():
-    from pipeline.intermediate import intermediate_loss_terms
-    from pipeline.layer_map import LayerMap
+    from pipeline.distill.intermediate import intermediate_loss_terms
+    from pipeline.distill.layer_map import LayerMap
     from pipeline.schema import IntermediateLossConfig
 
     torch.manual_seed(0)

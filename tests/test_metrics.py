@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics import (
+from pipeline.tasks.metrics import (
     accuracy,
     average_ranks,
     bio_entities,

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from test_general import general_config
 
 from pipeline.config import from_dict
+from pipeline.distill.losses import relation_kl, relation_scores
+from pipeline.distill.minilm import MiniLMv2Config
 from pipeline.errors import ConfigError
-from pipeline.losses import relation_kl, relation_scores
-from pipeline.minilm import MiniLMv2Config
 from stages.general import GeneralConfig, run_general
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.prediction import PredictionLossConfig, hard_weight_at, prediction_terms
+from pipeline.distill.prediction import PredictionLossConfig, hard_weight_at, prediction_terms
 
 STUDENT = torch.tensor([[0.0, 0.0]])
 TEACHER = torch.tensor([[0.0, math.log(3.0)]])
@@ -80,7 +80,7 @@ def test_token_task_ensemble_averages_per_token_over_real_tokens():
 
 
 def test_qa_soft_ce_is_over_context_positions_for_start_and_end_by_hand():
-    from pipeline.prediction import PredictionLossConfig, prediction_terms
+    from pipeline.distill.prediction import PredictionLossConfig, prediction_terms
 
     # one window of 4 positions; position 2 is the question (not allowed). Student uniform over allowed.
     student = torch.zeros(1, 4, 2)

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from pipeline.cli import main as cli_main
 from pipeline.config import from_dict
+from pipeline.data.masking import mask_tokens, masking_generator
+from pipeline.data.vocab import SPECIAL_TOKENS, build_char_vocab
 from pipeline.errors import ConfigError, DataError
-from pipeline.masking import mask_tokens, masking_generator
-from pipeline.vocab import SPECIAL_TOKENS, build_char_vocab
 from stages.pretrain import PretrainConfig, run_pretrain
 
 TINY_MODEL = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
@@ -245,7 +245,7 @@ def review_batch(tmp_path_factory):
 def test_whole_word_masks_cover_whole_jieba_words_at_the_asked_rate(review_batch):
     import jieba
 
-    from pipeline.masking import WordStarts
+    from pipeline.data.masking import WordStarts
 
     tokenizer, ids = review_batch
     starts = WordStarts(tokenizer)(ids)
@@ -276,7 +276,7 @@ def test_whole_word_masks_cover_whole_jieba_words_at_the_asked_rate(review_batch
 
 
 def test_token_masking_when_whole_words_are_off_splits_words(review_batch):
-    from pipeline.masking import WordStarts
+    from pipeline.data.masking import WordStarts
 
     tokenizer, ids = review_batch
     starts = WordStarts(tokenizer)(ids)
@@ -292,7 +292,7 @@ def test_token_masking_when_whole_words_are_off_splits_words(review_batch):
 def test_wordpieces_of_one_word_share_its_start(tmp_path):
     from transformers import BertTokenizer
 
-    from pipeline.masking import WordStarts
+    from pipeline.data.masking import WordStarts
 
     vocab = tmp_path / "vocab.txt"
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "play", "##ing", "game", "##s", "好", "天", "气"]

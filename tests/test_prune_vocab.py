@@ -25,10 +25,9 @@ from transformers import (
 
 from pipeline.cli import main
 from pipeline.config import from_dict
-from pipeline.corpus import TrainingCorpus
-from pipeline.corpus.prepare import prepare_corpus
-from pipeline.errors import ConfigError, DataError, ModelError
-from pipeline.prune_vocab import (
+from pipeline.data.corpus import TrainingCorpus
+from pipeline.data.corpus.prepare import prepare_corpus
+from pipeline.data.prune_vocab import (
     check_prunable,
     count_token_ids,
     gather_vocab_rows,
@@ -37,9 +36,10 @@ from pipeline.prune_vocab import (
     student_vocabulary,
     tokenizer_spec,
 )
-from pipeline.prune_vocab import save_tokenizer as save_student_tokenizer
+from pipeline.data.prune_vocab import save_tokenizer as save_student_tokenizer
+from pipeline.errors import ConfigError, DataError, ModelError
+from pipeline.models.teachers import import_teacher
 from pipeline.schema import CorpusConfig, StudentConfig, TrainConfig
-from pipeline.teachers import import_teacher
 from stages.finetune import FinetuneConfig, run_finetune
 from stages.general import GeneralConfig, run_general
 from stages.task import TaskDistillConfig, run_task

@@ -5,7 +5,7 @@ import pytest
 from conftest import save_tokenizer
 
 from pipeline.errors import DataError
-from pipeline.qa import (
+from pipeline.tasks.qa import (
     best_answers,
     check_answers,
     mixed_segmentation,

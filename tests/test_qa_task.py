@@ -13,7 +13,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, DataError, ModelError
-from pipeline.tasks import TaskConfig, collate, load_task_split, load_transfer, tokenize_task
+from pipeline.tasks.data import TaskConfig, collate, load_task_split, load_transfer, tokenize_task
 from stages.evaluate import EvaluateConfig, run_evaluate
 from stages.export import ExportConfig, run_export
 from stages.finetune import FinetuneConfig, run_finetune

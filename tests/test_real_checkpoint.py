@@ -13,9 +13,9 @@ import pytest
 import torch
 from test_general import general_config
 
-from pipeline.capture import capture_attention_scores
 from pipeline.config import from_dict
-from pipeline.models import load_model_config, load_teacher, load_tokenizer
+from pipeline.distill.capture import capture_attention_scores
+from pipeline.models.loading import load_model_config, load_teacher, load_tokenizer
 from stages.general import GeneralConfig, run_general
 
 ENGLISH = [

@@ -9,8 +9,8 @@ from conftest import CHINESE_SENTENCES
 from transformers import AutoTokenizer, BertModel
 
 from pipeline.errors import DataError
-from pipeline.models import count_parameters
-from pipeline.report import (
+from pipeline.models.loading import count_parameters
+from pipeline.shipping.report import (
     complete_report,
     format_report_table,
     latency_batches,
@@ -217,7 +217,7 @@ def test_report_md_says_when_a_latency_spread_is_large(tmp_path):
 
 
 def test_plot_deployment_draws_score_against_latency_and_skips_untimed_reports(tmp_path):
-    from pipeline.report import plot_deployment
+    from pipeline.shipping.report import plot_deployment
 
     assert plot_deployment(_deployment_report(), tmp_path / "deployment.png").read_bytes().startswith(PNG_MAGIC)
     untimed = _hand_report()
@@ -227,7 +227,7 @@ def test_plot_deployment_draws_score_against_latency_and_skips_untimed_reports(t
 
 
 def test_time_interleaved_takes_turns_and_reports_median_and_spread():
-    from pipeline.latency import time_interleaved
+    from pipeline.shipping.latency import time_interleaved
 
     calls = []
     result = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,

@@ -350,7 +350,7 @@ def test_evaluate_refuses_a_student_with_another_label_map(fine_tuned_teacher, s
 def test_classlabel_columns_use_their_names(tmp_path):
     import datasets
 
-    from pipeline.tasks import TaskConfig, label_names_from, tokenize_task
+    from pipeline.tasks.data import TaskConfig, label_names_from, tokenize_task
 
     features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
                                   "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
@@ -369,7 +369,7 @@ def test_token_labels_go_on_the_first_sub_token_only(tmp_path):
     import datasets
     from transformers import BertTokenizer
 
-    from pipeline.tasks import TaskConfig, tokenize_task
+    from pipeline.tasks.data import TaskConfig, tokenize_task
 
     vocab = tmp_path / "vocab.txt"
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "play", "##ing", "the", "game", "new", "##s"]

@@ -17,9 +17,9 @@ from tokenizers import normalizers
 from transformers import AutoModel, AutoTokenizer
 
 from pipeline.cli import main
-from pipeline.teachers import import_teacher, packaged_file
-from pipeline.teachers.e5_file import dequantize_q4_0
-from pipeline.teachers.unigram import (
+from pipeline.models.teachers import import_teacher, packaged_file
+from pipeline.models.teachers.e5_file import dequantize_q4_0
+from pipeline.models.teachers.unigram import (
     precompiled_charsmap,
     reference_normalize,
     rule_by_rule_normalizer,

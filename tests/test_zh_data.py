@@ -14,8 +14,7 @@ import pytest
 
 from augment.lexicon import load_pos_lexicon
 from pipeline.cli import main
-from pipeline.errors import ConfigError, DataError
-from pipeline.zh_data import (
+from pipeline.data.zh_data import (
     PEOPLES_DAILY,
     cap_splits,
     clean_reviews,
@@ -29,6 +28,7 @@ from pipeline.zh_data import (
     split_reviews,
     write_plain_corpus,
 )
+from pipeline.errors import ConfigError, DataError
 
 NAMED_LINE = (
     "19980101-01-001-002/m  [中央/n  人民/n  广播/vn  电台/n]nt  记者/n  江/nr  泽民/nr  在/p  "
@@ -228,8 +228,8 @@ def test_prepare_zh_data_cli_end_to_end(tmp_path, capsys):
 
 
 def test_mrc_qa_set_asks_each_entity_type_of_each_ner_sentence(tmp_path):
-    from pipeline.qa import check_answers
-    from pipeline.zh_data import MRC_QUERIES
+    from pipeline.data.zh_data import MRC_QUERIES
+    from pipeline.tasks.qa import check_answers
 
     prepare_zh_data(tmp_path / "zh", max_train=40, max_eval=10)
     for split in ("train", "dev", "test"):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import ModelError
-from pipeline.export import EXPORT_INFO, require_onnxruntime
+from pipeline.shipping.export import EXPORT_INFO, require_onnxruntime
 
 
 @dataclass

@@ -13,11 +13,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pipeline.distill.layer_map import LayerMap, build_layer_map, middle_layer
+from pipeline.distill.losses import attention_kl, attention_mse, average_heads, hidden_mse
+from pipeline.distill.projections import Projections
 from pipeline.errors import ConfigError
-from pipeline.layer_map import LayerMap, build_layer_map, middle_layer
-from pipeline.losses import attention_kl, attention_mse, average_heads, hidden_mse
-from pipeline.models import forward_input_names
-from pipeline.projections import Projections
+from pipeline.models.loading import forward_input_names
 from pipeline.schema import IntermediateLossConfig, MappingConfig
 
 

@@ -7,7 +7,7 @@ Shared by `finetune` (teacher fine-tuning), `task` (task distillation) and `eval
                   are put on the first sub-token of each word, the others get -100 and are not scored.
   qa              extractive QA (SQuAD, CMRC 2018, DRCD): `context`, `question` and `answers` (`text` and
                   `answer_start` lists; empty for an unanswerable question, SQuAD v2); each example is cut
-                  into question + context windows (see pipeline/qa.py) and scored as EM / F1.
+                  into question + context windows (see pipeline/tasks/qa.py) and scored as EM / F1.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class TaskConfig:
 
 def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
     """One split as a `datasets.Dataset`, with the configured columns checked (one-line errors)."""
-    from pipeline.dataset_files import load_input
+    from pipeline.data.dataset_files import load_input
 
     where = getattr(cfg, split)
     if where is None:
@@ -274,7 +274,7 @@ def tokenize_task(dataset, tokenizer, cfg: TaskConfig, label_names: list[str] | 
     truncated away or produced no sub-token) and `word_labels`, so scores are per word.
     """
     if cfg.type == "qa":
-        from pipeline.qa import tokenize_qa
+        from pipeline.tasks.qa import tokenize_qa
 
         return tokenize_qa(dataset, tokenizer, cfg, split, need_labels)
     label2id = {name: i for i, name in enumerate(label_names or [])}
@@ -431,7 +431,7 @@ def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list
     Rows are batched by length (shortest first) so little compute goes to padding, then put back in
     dataset order.
     """
-    from pipeline.models import forward_input_names
+    from pipeline.models.loading import forward_input_names
 
     model.eval()
     inputs = forward_input_names(model)
@@ -450,10 +450,10 @@ def predict_logits(model, dataset, batch_size: int, pad_id: int, device) -> list
 
 def score_predictions(cfg: TaskConfig, label_names: list[str] | None, logits: list[np.ndarray], dataset) -> dict:
     """The task's metrics for `logits` (from `predict_logits`) against the tokenized split's labels."""
-    from pipeline.metrics import task_metrics
+    from pipeline.tasks.metrics import task_metrics
 
     if cfg.type == "qa":
-        from pipeline.qa import score_qa
+        from pipeline.tasks.qa import score_qa
 
         return score_qa(cfg, logits, dataset)
     if cfg.type == "token":
@@ -488,7 +488,7 @@ def dataset_fingerprint(dataset, columns: tuple[str, ...] = ("input_ids", "token
 
 
 def check_seq_len(cfg: TaskConfig, *model_configs) -> None:
-    from pipeline.architectures import positions_note, usable_positions
+    from pipeline.models.architectures import positions_note, usable_positions
 
     for config in model_configs:
         limit = usable_positions(config)

@@ -11,14 +11,14 @@ from typing import Literal
 
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.losses import (
+from pipeline.distill.losses import (
     ensemble_targets,
     hard_cross_entropy,
     logits_mse,
     soft_cross_entropy,
     soft_cross_entropy_to_probs,
 )
+from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.corpus.prepared import PreparedCorpus, is_prepared_corpus
-from pipeline.corpus.sources import open_source
-from pipeline.corpus.stream import StreamReader, pad_batch
+from pipeline.data.corpus.prepared import PreparedCorpus, is_prepared_corpus
+from pipeline.data.corpus.sources import open_source
+from pipeline.data.corpus.stream import StreamReader, pad_batch
 from pipeline.errors import ConfigError, DataError
 from pipeline.schema import CorpusConfig, TrainConfig
 

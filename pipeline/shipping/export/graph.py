@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.bilstm import BILSTM_CONFIG, BiLSTMGraph, is_bilstm_dir, load_bilstm
 from pipeline.errors import ModelError
-from pipeline.models import count_parameters, load_model_config, load_pretrained, load_tokenizer
-from pipeline.tasks import task_logits
+from pipeline.models.bilstm import BILSTM_CONFIG, BiLSTMGraph, is_bilstm_dir, load_bilstm
+from pipeline.models.loading import count_parameters, load_model_config, load_pretrained, load_tokenizer
+from pipeline.tasks.data import task_logits
 
 SUPPORTED_MODEL_TYPES = ("bert",)  # exported and checked against PyTorch by tests/test_export.py
 HEADS = {"ForSequenceClassification": "sequence", "ForTokenClassification": "token", "ForQuestionAnswering": "qa"}

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import list_checkpoints, resolve_resume
-from pipeline.guards import (
+from pipeline.schema import TrainConfig
+from pipeline.tasks.data import collate, epoch_batches, predict_logits, score_predictions
+from pipeline.tasks.metrics import main_metric
+from pipeline.training.checkpoints import list_checkpoints, resolve_resume
+from pipeline.training.guards import (
     PREEMPTED_EXIT_CODE,
     Preempted,
     StepVerdict,
@@ -29,8 +32,7 @@ from pipeline.guards import (
     step_verdict,
     stop_signals,
 )
-from pipeline.metrics import main_metric
-from pipeline.runtime import (
+from pipeline.training.runtime import (
     RunLog,
     TrainState,
     build_optimizer,
@@ -41,8 +43,6 @@ from pipeline.runtime import (
     run_signature,
     save_checkpoint,
 )
-from pipeline.schema import TrainConfig
-from pipeline.tasks import collate, epoch_batches, predict_logits, score_predictions
 
 BEST_DIR = "best"
 

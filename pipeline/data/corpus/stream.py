@@ -23,8 +23,8 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.corpus.packing import pack
-from pipeline.corpus.sources import DatasetsSource, FileSource, Row, SkipCounter, open_source
+from pipeline.data.corpus.packing import pack
+from pipeline.data.corpus.sources import DatasetsSource, FileSource, Row, SkipCounter, open_source
 from pipeline.errors import ConfigError, DataError
 from pipeline.schema import CorpusConfig
 

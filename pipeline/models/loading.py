@@ -15,15 +15,15 @@ from transformers import (
     PreTrainedModel,
 )
 
-from pipeline.architectures import (
+from pipeline.errors import ModelError
+from pipeline.models.architectures import (
     dropout_keys,
     layer_pattern,
     positions_note,
     student_sizes,
     usable_positions,
 )
-from pipeline.errors import ModelError
-from pipeline.hub import split_revision
+from pipeline.models.hub import split_revision
 from pipeline.schema import StudentConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -198,7 +198,7 @@ def check_teacher_student_fit(teacher_config: PretrainedConfig, student_config: 
                               attention_weight: float, attention_heads: str, max_seq_len: int,
                               vocab_map=None) -> None:
     """Fail before compute when teacher and student cannot be distilled against each other. `vocab_map`
-    (a `pipeline.prune_vocab.VocabMap`) is the student's pruned vocabulary, if it has one."""
+    (a `pipeline.data.prune_vocab.VocabMap`) is the student's pruned vocabulary, if it has one."""
     student_vocab = vocab_map.size if vocab_map is not None else teacher_config.vocab_size
     if student_vocab != student_config.vocab_size:
         raise ModelError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import DataError
-from pipeline.hub import split_revision
+from pipeline.models.hub import split_revision
 
 _BUILDERS = {
     ".csv": ("csv", {}),

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import write_json
 from pipeline.config import atomic_write_text
 from pipeline.errors import DataError
+from pipeline.training.checkpoints import write_json
 
 LatencyTable = dict[int, dict[str, float]]
 NOISY_SPREAD_PERCENT = 25.0  # a latency spread above this is called out in report.md

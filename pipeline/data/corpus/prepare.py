@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.corpus.packing import PACKING_MODES, pack
-from pipeline.corpus.prepared import (
+from pipeline.data.corpus.packing import PACKING_MODES, pack
+from pipeline.data.corpus.prepared import (
     FORMAT,
     MANIFEST,
     VERSION,
@@ -33,7 +33,7 @@ from pipeline.corpus.prepared import (
     read_manifest,
     tokenizer_fingerprint,
 )
-from pipeline.corpus.sources import DatasetsSource, FileSource, resolve_corpus_files
+from pipeline.data.corpus.sources import DatasetsSource, FileSource, resolve_corpus_files
 from pipeline.errors import ConfigError, DataError
 from pipeline.schema import CorpusConfig
 
@@ -92,7 +92,7 @@ def prepare_corpus(inputs: list[str], tokenizer_name: str, output: str | Path, m
     """Write a prepared corpus of `inputs` to `output`; returns `output`."""
     from datasets import Dataset
 
-    from pipeline.models import load_tokenizer
+    from pipeline.models.loading import load_tokenizer
 
     if packing not in PACKING_MODES:
         raise ConfigError(f"--packing: one of {', '.join(PACKING_MODES)}, got {packing!r}")

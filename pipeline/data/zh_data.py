@@ -419,7 +419,7 @@ def prepare_mrc_qa(ner_dir: str | Path, output_dir: str | Path) -> dict:
     context = the sentence, question = the type's query, answers = its entities of that type (SQuAD
     layout), none when it has none (SQuAD v2). The splits are the NER splits, so the same dev and test
     sentences are held out. Return the stats written."""
-    from pipeline.metrics import bio_entities
+    from pipeline.data.bio import bio_entities
 
     ner_dir = Path(ner_dir)
     splits, stats = {}, {"source": str(ner_dir), "queries": MRC_QUERIES, "splits": {}}

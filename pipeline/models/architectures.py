@@ -1,7 +1,7 @@
 """What differs between the encoder architectures tinydistill distils, in one place.
 
 Intermediate-layer distillation needs an encoder whose attention runs through transformers'
-AttentionInterface, one attention call per layer, so that `pipeline.capture` can record the scores
+AttentionInterface, one attention call per layer, so that `pipeline.distill.capture` can record the scores
 while every layer keeps sdpa. Each architecture below was tried through stage one and stage two
 (tests/test_architectures.py); the few facts that differ between them are fields of `Architecture`,
 read through the small functions below, so no stage asks for a model type itself.

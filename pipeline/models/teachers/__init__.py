@@ -16,8 +16,8 @@ import torch
 from transformers import BertConfig, BertModel
 
 from pipeline.errors import ConfigError, ModelError
-from pipeline.teachers.e5_file import E5File, read_e5_file
-from pipeline.teachers.unigram import unigram_tokenizer
+from pipeline.models.teachers.e5_file import E5File, read_e5_file
+from pipeline.models.teachers.unigram import unigram_tokenizer
 
 
 @dataclass(frozen=True)

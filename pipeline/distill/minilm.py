@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.distill.losses import relation_kl
 from pipeline.errors import ConfigError
-from pipeline.losses import relation_kl
 
 RELATIONS = ("qq", "kk", "vv")
 

@@ -8,7 +8,7 @@ Task types and the metric used to pick the best checkpoint (`main_metric`):
     classification  accuracy, macro_f1, and mcc when there are exactly 2 labels   -> "accuracy"
     regression      pearson, spearman, corr = (pearson + spearman) / 2 (GLUE STS-B) -> "corr"
     token           entity_precision, entity_recall, entity_f1, token_accuracy    -> "entity_f1"
-    qa              exact_match, f1 (SQuAD / CMRC 2018; computed by pipeline.qa)   -> "f1"
+    qa              exact_match, f1 (SQuAD / CMRC 2018; computed by pipeline.tasks.qa)   -> "f1"
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TASK_TYPES = ("classification", "regression", "token", "qa")  # qa is scored by pipeline.qa.qa_metrics
+from pipeline.data.bio import bio_entities
+
+TASK_TYPES = ("classification", "regression", "token", "qa")  # qa is scored by pipeline.tasks.qa.qa_metrics
 MAIN_METRICS = {"classification": "accuracy", "regression": "corr", "token": "entity_f1", "qa": "f1"}
 IGNORE_INDEX = -100  # label id of positions that carry no label (special tokens, later sub-words)
 
@@ -88,29 +90,6 @@ def average_ranks(values: Sequence[float]) -> np.ndarray:
     return ((starts + ends) / 2.0)[inverse.reshape(-1)]
 
 
-def bio_entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """Entities of one IOB2-tagged sequence as (type, start, end) with `end` exclusive.
-
-    Chunking follows conlleval (and seqeval's default, non-strict mode): an entity starts at `B-X`,
-    and also at an `I-X` that follows `O` or a tag of another type; it ends before `O`, before any
-    `B-`, and before an `I-` of another type. So ["O", "I-PER"] holds PER(1, 2) and
-    ["B-PER", "I-LOC"] holds PER(0, 1) and LOC(1, 2).
-    """
-    entities = set()
-    current: tuple[str, int] | None = None  # (type, start) of the entity being read
-    for position, tag in enumerate(tags):
-        prefix, kind = _split_tag(tag, position)
-        continues = prefix == "I" and current is not None and current[0] == kind
-        if current is not None and not continues:
-            entities.add((current[0], current[1], position))
-            current = None
-        if prefix in ("B", "I") and not continues:
-            current = (kind, position)
-    if current is not None:
-        entities.add((current[0], current[1], len(tags)))
-    return entities
-
-
 def entity_f1(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str]]) -> dict:
     """Exact-match entity precision, recall and F1 (micro over all entities), plus the same per type.
 
@@ -173,7 +152,7 @@ def task_metrics(task_type: str, predictions: Sequence, labels: Sequence, *, num
     """
     _check_task_type(task_type)
     if task_type == "qa":
-        raise ValueError("task_metrics: extractive QA is scored on answer strings by pipeline.qa.qa_metrics")
+        raise ValueError("task_metrics: extractive QA is scored on answer strings by pipeline.tasks.qa.qa_metrics")
     if task_type == "classification":
         if num_labels is None:
             raise ValueError("task_metrics: classification needs num_labels")
@@ -218,15 +197,6 @@ def _tag_name(tag, label_names: Sequence[str] | None) -> str:
     if not 0 <= index < len(label_names):
         raise ValueError(f"task_metrics: label id {index} is outside label_names (0..{len(label_names) - 1})")
     return label_names[index]
-
-
-def _split_tag(tag: str, position: int) -> tuple[str, str | None]:
-    if tag == "O":
-        return "O", None
-    prefix, dash, kind = tag.partition("-")
-    if prefix not in ("B", "I") or not dash or not kind:
-        raise ValueError(f"bio_entities: tag {tag!r} at position {position} is not O, B-<type> or I-<type>")
-    return prefix, kind
 
 
 def _precision_recall_f1(correct: int, predicted: int, true: int) -> dict[str, float]:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoints import read_json, write_json
 from pipeline.errors import DataError
-from pipeline.tasks import dataset_fingerprint, predict_logits
+from pipeline.tasks.data import dataset_fingerprint, predict_logits
+from pipeline.training.checkpoints import read_json, write_json
 
 DEFAULT_CACHE_DIR = Path("~/.cache/tinydistill/teacher_logits")
 
@@ -107,7 +107,7 @@ def _compute(accelerator, dataset, teacher, entry: Path, batch_size: int, pad_id
     import datasets
     from accelerate.utils import broadcast_object_list
 
-    from pipeline.dataset_files import shard_range
+    from pipeline.data.dataset_files import shard_range
 
     work = [None]
     if accelerator.is_main_process:

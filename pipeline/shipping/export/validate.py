@@ -14,9 +14,9 @@ import random
 import torch
 
 from pipeline.errors import ModelError
-from pipeline.export.graph import ExportSource
-from pipeline.export.runtime import OnnxModel
-from pipeline.tasks import TaskConfig, collate, load_task_split, tokenize_task
+from pipeline.shipping.export.graph import ExportSource
+from pipeline.shipping.export.runtime import OnnxModel
+from pipeline.tasks.data import TaskConfig, collate, load_task_split, tokenize_task
 
 
 def task_rows(source: ExportSource, task: TaskConfig, max_rows: int) -> tuple[list[dict], str]:

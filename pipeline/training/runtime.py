@@ -27,11 +27,17 @@ from accelerate.utils import (
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import checkpoint_paths, finalize_checkpoint, read_json, write_json, write_manifest
-from pipeline.cpu_memory import retain_freed_memory
 from pipeline.errors import ConfigError
-from pipeline.guards import TrainingDiverged, nonfinite_parameters
 from pipeline.schema import TrainConfig
+from pipeline.training.checkpoints import (
+    checkpoint_paths,
+    finalize_checkpoint,
+    read_json,
+    write_json,
+    write_manifest,
+)
+from pipeline.training.cpu_memory import retain_freed_memory
+from pipeline.training.guards import TrainingDiverged, nonfinite_parameters
 
 SIGNATURE = "run_signature.json"
 
@@ -120,7 +126,7 @@ class TrainState:
     tokens_seen: int = 0
     best_metric: float | None = None  # tasks: the best dev score so far, and its step
     best_step: int = 0
-    data_position: dict | None = None  # a streamed corpus's reader position (pipeline/corpus/stream.py)
+    data_position: dict | None = None  # a streamed corpus's reader position (pipeline/data/corpus/stream.py)
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss, term or gradient norm, in all
     nonfinite_in_a_row: int = 0  # ... and in a row up to now (train.max_nonfinite_steps stops the run)
 

@@ -37,9 +37,9 @@ from tokenizers import Tokenizer
 from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from pipeline.config import atomic_write_text
-from pipeline.corpus import count_stream_tokens, stream_text_batches
+from pipeline.data.corpus import count_stream_tokens, stream_text_batches
 from pipeline.errors import ConfigError, DataError, ModelError
-from pipeline.models import load_model_config, load_saved_model, load_tokenizer
+from pipeline.models.loading import load_model_config, load_saved_model, load_tokenizer
 from pipeline.schema import CorpusConfig, StudentConfig
 
 NAMED_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
