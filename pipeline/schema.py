@@ -28,18 +28,22 @@ class StudentConfig:
     stage one, so that a student pruned there still knows the task's tokens.
     """
 
+    # config (fresh), teacher_layers (copied from the teacher) or checkpoint (a saved model)
     init: Literal["config", "teacher_layers", "checkpoint"] = "config"
+    # tinybert4 (4L-312) or tinybert6 (6L-768) sizes; explicit sizes override it
     preset: Literal["tinybert4", "tinybert6"] | None = "tinybert4"
-    num_hidden_layers: int | None = None
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_attention_heads: int | None = None
-    dropout: float | None = None
+    num_hidden_layers: int | None = None  # layers (overrides the preset)
+    hidden_size: int | None = None  # hidden width (overrides the preset)
+    intermediate_size: int | None = None  # FFN width (overrides the preset)
+    num_attention_heads: int | None = None  # attention heads (overrides the preset)
+    dropout: float | None = None  # hidden and attention dropout (null: the teacher's or checkpoint's)
+    # teacher_layers init: which teacher layers to copy (null: the uniform map)
     copy_teacher_layers: list[int] | None = None
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # checkpoint init: the saved student or model folder
+    # full (the teacher's vocabulary) or prune (the tokens the training text uses)
     vocab: Literal["full", "prune"] = "full"
-    vocab_min_count: int = 1
-    vocab_texts: list[str] | None = None
+    vocab_min_count: int = 1  # prune: keep tokens seen at least this often
+    vocab_texts: list[str] | None = None  # prune: more text to count
 
     def __post_init__(self):
         if self.vocab_min_count < 1:
@@ -91,9 +95,10 @@ class MappingConfig:
     """Student layer -> teacher layer. Uniform by default; or one teacher layer per student layer
     (`teacher_layers: [3, 6, 9, 12]`), or explicit `[student, teacher]` pairs (partial, many-to-one)."""
 
-    teacher_layers: list[int] | None = None
+    teacher_layers: list[int] | None = None  # one teacher layer per student layer, e.g. [3, 6, 9, 12]
+    # explicit [student, teacher] layer pairs (partial, many-to-one)
     pairs: list[tuple[int, int]] | None = None
-    embeddings: bool = True
+    embeddings: bool = True  # also match the embedding layers (0 -> 0)
 
     def __post_init__(self):
         if self.teacher_layers is not None and self.pairs is not None:
@@ -119,12 +124,15 @@ class IntermediateLossConfig:
     embedding or attention above 0, or another projection, contradicts the preset and is an error.
     """
 
+    # fitnets: hidden loss on one guided pair through a learned regressor
     preset: Literal["fitnets"] | None = None
-    embedding: float | None = None
-    hidden: float | None = None
-    attention: float | None = None
-    attention_loss: Literal["mse", "kl"] = "mse"
+    embedding: float | None = None  # weight of the embedding term (null: 1)
+    hidden: float | None = None  # weight of the hidden-state term (null: 1)
+    attention: float | None = None  # weight of the attention term (null: 1)
+    attention_loss: Literal["mse", "kl"] = "mse"  # mse of pre-softmax scores, or kl of distributions
+    # per_head (equal head counts) or average (head-averaged maps)
     attention_heads: Literal["per_head", "average"] = "per_head"
+    # auto (learned where widths differ), linear (always) or none (null: auto)
     projection: Literal["auto", "linear", "none"] | None = None
 
     def __post_init__(self):
@@ -151,26 +159,28 @@ class TrainConfig:
     batch_size * processes * grad_accum. `mixed_precision` and `grad_accum` left unset are the
     launcher's (`accelerate launch --mixed_precision bf16`), else no and 1; set here, they win."""
 
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-6
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay on weight matrices (not biases or LayerNorm)
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    adam_eps: float = 1e-6  # AdamW epsilon
+    # linear (warm-up then linear decay to 0) or constant (flat after warm-up)
     schedule: Literal["linear", "constant"] = "linear"
-    warmup_ratio: float = 0.1
-    batch_size: int = 32
-    grad_accum: int | None = None
-    max_steps: int | None = None
-    epochs: int = 1
-    max_grad_norm: float | None = 1.0
+    warmup_ratio: float = 0.1  # share of the steps spent warming up
+    batch_size: int = 32  # examples per process per micro-batch
+    grad_accum: int | None = None  # micro-batches per optimizer step (null: the launcher's, else 1)
+    max_steps: int | None = None  # optimizer steps (null: epochs over the data)
+    epochs: int = 1  # passes over the data when max_steps is null
+    max_grad_norm: float | None = 1.0  # clip the gradient norm to this (null: no clipping)
+    # no, fp16 or bf16 (null: the launcher's, else no)
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None
-    teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    seed: int = 42
-    log_every: int = 10
-    save_every: int = 1000
-    keep_checkpoints: int = 2
-    resume_from: str | None = None
-    tensorboard: bool = False
-    progress_bar: bool = True
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the frozen teacher's dtype
+    seed: int = 42  # seed of initialisation, shuffling, dropout and masking
+    log_every: int = 10  # steps between log lines
+    save_every: int = 1000  # steps between checkpoints (and always at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    resume_from: str | None = None  # auto (newest intact checkpoint) or a checkpoint folder (--resume)
+    tensorboard: bool = False  # write TensorBoard events under output_dir/tensorboard
+    progress_bar: bool = True  # show a progress bar (main process)
     group_by_length: bool = False  # task data only: batches of similar-length rows (less padding)
     cpu_retain_memory: bool = True  # CPU runs: keep freed memory mapped (pipeline/training/cpu_memory.py); costs peak RSS
     max_nonfinite_steps: int = 10  # stop after this many steps in a row with a NaN/inf loss, term or gradient norm
@@ -216,17 +226,19 @@ class CorpusConfig:
     `num_workers` DataLoader workers tokenise ahead of training, each `prefetch_batches` batches ahead.
     """
 
-    path: str
+    path: str  # a prepared corpus folder, a file, a folder, a glob or a datasets hub id
+    # the file format; auto: from the extension (hub: a hub id)
     format: Literal["auto", "text", "jsonl", "csv", "parquet", "hub"] = "auto"
-    text_column: str = "text"
-    hub_config: str | None = None
-    hub_split: str = "train"
-    max_seq_len: int = 128
-    packing: bool = True
+    text_column: str = "text"  # the text column of JSONL/CSV/parquet
+    hub_config: str | None = None  # the hub dataset's configuration
+    hub_split: str = "train"  # the hub dataset's split
+    max_seq_len: int = 128  # tokens per sequence, [CLS] and [SEP] included
+    packing: bool = True  # fill sequences with a document's consecutive lines (else truncate each line)
+    # lines per block, the unit ranks and workers share and shuffle within (0 or 1: no shuffle)
     shuffle_buffer: int = 10_000
-    max_line_chars: int = 100_000
-    num_workers: int = 2
-    prefetch_batches: int = 4
+    max_line_chars: int = 100_000  # longer lines are skipped and counted
+    num_workers: int = 2  # DataLoader workers tokenising ahead
+    prefetch_batches: int = 4  # batches each worker prepares ahead
 
     def __post_init__(self):
         if self.max_seq_len < 8:

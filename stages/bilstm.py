@@ -67,24 +67,25 @@ class BiLSTMConfig:
     (word2vec text/binary, GloVe, gensim `.kv`; their dimension must equal `embedding_dim`).
     Tang et al.: 300-d word2vec, a 300-unit BiLSTM, a 400-unit ReLU layer."""
 
-    teacher: str
-    task: TaskConfig
-    output_dir: str
-    transfer: str | None = None
-    unit: Literal["char", "word"] = "char"
+    teacher: str  # the fine-tuned teacher
+    task: TaskConfig  # what the task is and where its data lives
+    output_dir: str  # where the BiLSTM student, logs and checkpoints go
+    transfer: str | None = None  # the transfer set (null: the train split)
+    unit: Literal["char", "word"] = "char"  # char or word (jieba) tokens
+    # word vectors to start the embeddings from (their size must equal embedding_dim)
     vectors: str | None = None
-    vocab_min_count: int = 1
-    vocab_max_size: int | None = None
-    embedding_dim: int = 300
-    hidden_size: int = 300
-    mlp_hidden: int = 400
-    dropout: float = 0.1
-    train: TrainConfig = field(default_factory=TrainConfig)
+    vocab_min_count: int = 1  # keep units seen at least this often in the transfer set
+    vocab_max_size: int | None = None  # keep at most this many units (null: all)
+    embedding_dim: int = 300  # embedding size
+    hidden_size: int = 300  # LSTM units per direction
+    mlp_hidden: int = 400  # units of the ReLU layer before the output
+    dropout: float = 0.1  # dropout on embeddings and the MLP
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and runtime
     eval_every: int | None = None  # steps between dev evaluations; default once per epoch
-    eval_batch_size: int = 64
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
-    resume_from: str | None = None
-    overwrite: bool = False
+    eval_batch_size: int = 64  # batch size of dev and test scoring
+    cache_dir: str = str(DEFAULT_CACHE_DIR)  # where teacher logits are kept across runs
+    resume_from: str | None = None  # auto or a checkpoint folder (--resume)
+    overwrite: bool = False  # replace a finished output_dir (--overwrite)
 
     def __post_init__(self):
         if self.task.type != "classification":

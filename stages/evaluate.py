@@ -73,11 +73,11 @@ class LatencyConfig:
     """CPU latency per example at each batch size, on the first examples of the split: every row timed in
     turns over `rounds` rounds, `min_seconds` per row and batch size in all (at least one pass a round)."""
 
-    enabled: bool = True
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    enabled: bool = True  # time the models
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])  # the batch sizes timed
     threads: int | None = None  # torch and ONNX Runtime threads while timing; null: torch's default
-    min_seconds: float = 1.0
-    rounds: int = 5
+    min_seconds: float = 1.0  # seconds per model and batch size in all
+    rounds: int = 5  # rounds of timing every model in turns
     end_to_end: bool = True  # also time from text (tokenisation included)
 
     def __post_init__(self):
@@ -91,16 +91,16 @@ class LatencyConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    teacher: str
-    student: str
-    task: TaskConfig
-    output_dir: str
+    teacher: str  # the fine-tuned teacher
+    student: str  # the student (a task or bilstm output)
+    task: TaskConfig  # the task whose test (else dev) split is scored
+    output_dir: str  # where report.md, report.json and the plots go
     name: str | None = None  # the task's name in the report; default: the train file's stem
     onnx_dir: str | None = None  # a `tinydistill export` folder of the student: adds its ONNX rows
     ensemble: list[str] | None = None  # fine-tuned models whose averaged probabilities make the `ensemble` row
-    batch_size: int = 64
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
-    overwrite: bool = False
+    batch_size: int = 64  # batch size of scoring
+    latency: LatencyConfig = field(default_factory=LatencyConfig)  # how CPU latency is timed
+    overwrite: bool = False  # replace a finished output_dir
 
     def __post_init__(self):
         if self.ensemble is not None and len(self.ensemble) < 2:

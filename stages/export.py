@@ -38,17 +38,17 @@ MIN_OPSET, MAX_OPSET = 14, 20  # sdpa needs 14; 20 is the TorchScript exporter's
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model: str
-    output_dir: str
-    int8: bool = False
-    fp16: bool = False
-    opset: int = 17
+    model: str  # the model folder to export (a task, finetune, general or bilstm output)
+    output_dir: str  # where the ONNX files go
+    int8: bool = False  # also write model.int8.onnx (dynamic int8 quantisation)
+    fp16: bool = False  # also write model.fp16.onnx
+    opset: int = 17  # the ONNX opset
     task: TaskConfig | None = None  # validate on its dev split (else test); none: generated text
-    validation_rows: int = 256
-    validation_batch_size: int = 32
+    validation_rows: int = 256  # dev rows each ONNX file is checked on against PyTorch
+    validation_batch_size: int = 32  # batch size of that check
     tolerance: float = 1e-3  # the largest max abs output difference allowed for the fp32 graph
     seed: int = 0  # of the generated validation text
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing output_dir
 
     def __post_init__(self):
         if not MIN_OPSET <= self.opset <= MAX_OPSET:

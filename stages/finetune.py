@@ -56,7 +56,9 @@ class EarlyStoppingConfig:
     (null: train to the cap). `metric`: the dev metric that decides, and picks the saved model;
     default the task's main metric."""
 
+    # dev evaluations in a row without a new best before stopping (null: train to the cap)
     patience: int | None = None
+    # the dev metric that decides and picks the saved model (null: the task's main metric)
     metric: str | None = None
 
     def __post_init__(self):
@@ -68,14 +70,15 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    model: str
-    task: TaskConfig
-    output_dir: str
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: str  # the pretrained model: a folder or hub id
+    task: TaskConfig  # what the task is and where its data lives
+    output_dir: str  # where the fine-tuned model (the task teacher), logs and checkpoints go
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and runtime
     eval_every: int | None = None  # steps between dev evaluations; default once per epoch
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64  # batch size of dev and test scoring
+    # stop at the dev plateau
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    overwrite: bool = False
+    overwrite: bool = False  # replace a finished output_dir (--overwrite)
 
     def __post_init__(self):
         self.train.without_teacher()

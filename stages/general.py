@@ -71,12 +71,12 @@ class DistilBertLossConfig:
     the soft targets, and the share of tokens masked. Defaults are DistilBERT's (alpha_ce=5, alpha_mlm=2,
     alpha_cos=1, temperature 2, mlm_mask_prop 0.15); masks cover whole words unless whole_word_masking is off."""
 
-    temperature: float = 2.0
-    soft_ce: float = 5.0
-    mlm: float = 2.0
-    cosine: float = 1.0
-    mlm_probability: float = 0.15
-    whole_word_masking: bool = True
+    temperature: float = 2.0  # softmax temperature of the teacher's soft targets
+    soft_ce: float = 5.0  # weight of the soft cross-entropy
+    mlm: float = 2.0  # weight of the masked-LM loss on the gold tokens
+    cosine: float = 1.0  # weight of the hidden-state cosine loss
+    mlm_probability: float = 0.15  # share of real tokens masked
+    whole_word_masking: bool = True  # mask whole words (jieba words, ## pieces) together
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -92,16 +92,22 @@ class DistilBertLossConfig:
 
 @dataclass(frozen=True)
 class GeneralConfig:
-    teacher: str
-    corpus: CorpusConfig
-    output_dir: str
+    teacher: str  # the pretrained teacher: a model folder or hub id (org/name@revision pins a revision)
+    corpus: CorpusConfig  # the raw corpus (a prepared corpus folder, files, folders, globs or a hub id)
+    output_dir: str  # where the student, projections, logs and checkpoints go
+    # how the student is made (sizes, init, vocabulary)
     student: StudentConfig = field(default_factory=StudentConfig)
+    # which teacher layer each student layer learns from
     mapping: MappingConfig = field(default_factory=MappingConfig)
+    # weights and forms of the embedding, hidden and attention terms (objective tinybert)
     loss: IntermediateLossConfig = field(default_factory=IntermediateLossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    overwrite: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and runtime
+    overwrite: bool = False  # replace a finished output_dir (--overwrite)
+    # tinybert (layer-wise losses), distilbert (soft CE + MLM + cosine) or minilmv2 (relations)
     objective: Literal["tinybert", "distilbert", "minilmv2"] = "tinybert"
+    # the distilbert objective's weights, temperature and masking
     distilbert: DistilBertLossConfig = field(default_factory=DistilBertLossConfig)
+    # the minilmv2 objective's teacher layer, relation heads and weights
     minilmv2: MiniLMv2Config = field(default_factory=MiniLMv2Config)
 
     def __post_init__(self):

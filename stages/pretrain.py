@@ -41,13 +41,13 @@ class PretrainModelConfig:
     `init_from` a saved model to continue pretraining (its architecture is used; leave the sizes out).
     `dropout` applies in both cases; `max_position_embeddings` only to a fresh model."""
 
-    init_from: str | None = None
-    num_hidden_layers: int | None = None
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_attention_heads: int | None = None
-    max_position_embeddings: int = 512
-    dropout: float = 0.1
+    init_from: str | None = None  # a saved model to continue pretraining (its sizes are kept)
+    num_hidden_layers: int | None = None  # layers of a fresh model
+    hidden_size: int | None = None  # hidden width of a fresh model
+    intermediate_size: int | None = None  # FFN width of a fresh model
+    num_attention_heads: int | None = None  # attention heads of a fresh model
+    max_position_embeddings: int = 512  # positions of a fresh model
+    dropout: float = 0.1  # hidden and attention dropout
 
     def __post_init__(self):
         for name in ARCHITECTURE_KEYS:
@@ -71,14 +71,16 @@ class PretrainModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    tokenizer: str
-    corpus: CorpusConfig
-    output_dir: str
+    tokenizer: str  # a saved tokenizer (a build-vocab output) or a model folder or hub id
+    corpus: CorpusConfig  # the raw corpus to pretrain on
+    output_dir: str  # where the model, logs and checkpoints go
+    # the model to pretrain: fresh sizes, or init_from a saved one
     model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    # share of real tokens selected for the MLM loss (80% [MASK], 10% random, 10% kept)
     mlm_probability: float = 0.15
     whole_word_masking: bool = True  # mask jieba words / wordpiece words whole (Chinese-BERT-wwm)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    overwrite: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and runtime
+    overwrite: bool = False  # replace a finished output_dir (--overwrite)
 
     def __post_init__(self):
         self.train.corpus_only()

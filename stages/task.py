@@ -93,19 +93,22 @@ class IntermediateStepConfig:
     """Step 1. TinyBERT: 10-20 epochs on the augmented set, lr 5e-5, constant (schedule: constant,
     warmup_ratio: 0)."""
 
-    enabled: bool = True
+    enabled: bool = True  # run step 1 (false: go straight to step 2)
+    # weights and forms of the intermediate terms
     loss: IntermediateLossConfig = field(default_factory=IntermediateLossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and runtime of step 1
 
 
 @dataclass(frozen=True)
 class PredictionStepConfig:
     """Step 2. TinyBERT: 3 epochs, lr from {1e-5, 2e-5, 3e-5}, warmup 0.1 then linear decay."""
 
-    enabled: bool = True
+    enabled: bool = True  # run step 2
+    # the soft (and optional hard) prediction loss
     loss: PredictionLossConfig = field(default_factory=PredictionLossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and runtime of step 2
     eval_every: int | None = None  # steps between dev evaluations; default once per epoch
+    # compute the teacher's logits once per transfer set (false: live, every step)
     cache_teacher_logits: bool = True
 
 
@@ -122,19 +125,25 @@ class TaskDistillConfig:
     permuted into that order. Names that disagree are refused.
     """
 
-    teacher: str
-    task: TaskConfig
-    output_dir: str
+    teacher: str  # the fine-tuned teacher (a finetune output)
+    task: TaskConfig  # what the task is and where its data lives
+    output_dir: str  # where the student and both steps' logs and checkpoints go
+    # how the student is made; init: checkpoint takes a stage-one student
     student: StudentConfig = field(default_factory=StudentConfig)
-    ensemble_teachers: list[str] | None = None
+    ensemble_teachers: list[str] | None = None  # more fine-tuned teachers whose soft targets step 2 averages
+    # the transfer set (an augment output or a file with the task's columns; null: the train split)
     transfer: str | None = None
+    # which teacher layer each student layer learns from in step 1
     mapping: MappingConfig = field(default_factory=MappingConfig)
+    # step 1: the intermediate-layer losses
     intermediate: IntermediateStepConfig = field(default_factory=IntermediateStepConfig)
+    # step 2: the prediction-layer loss
     prediction: PredictionStepConfig = field(default_factory=PredictionStepConfig)
+    # where teacher logits are kept across runs (keyed by teacher, data and settings)
     cache_dir: str = str(DEFAULT_CACHE_DIR)
-    eval_batch_size: int = 64
-    resume_from: str | None = None
-    overwrite: bool = False
+    eval_batch_size: int = 64  # batch size of dev and test scoring
+    resume_from: str | None = None  # auto or a checkpoint folder (--resume)
+    overwrite: bool = False  # replace a finished output_dir (--overwrite)
 
     def __post_init__(self):
         if not self.intermediate.enabled and not self.prediction.enabled:

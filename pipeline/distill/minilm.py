@@ -25,11 +25,11 @@ class MiniLMv2Config:
     upper-middle layer of large teachers); `relation_heads`: R; `qq`, `kk`, `vv`: the weight of each
     relation (equal by default; 0 turns one off)."""
 
-    teacher_layer: int | None = None
-    relation_heads: int = 48
-    qq: float = 1.0
-    kk: float = 1.0
-    vv: float = 1.0
+    teacher_layer: int | None = None  # the teacher layer whose relations are taught (null: the last)
+    relation_heads: int = 48  # R, the number of relation heads the Q/K/V vectors are split into
+    qq: float = 1.0  # weight of the query-query relation
+    kk: float = 1.0  # weight of the key-key relation
+    vv: float = 1.0  # weight of the value-value relation
 
     def __post_init__(self):
         if self.relation_heads < 1:

@@ -36,12 +36,16 @@ class PredictionLossConfig:
     logits z_k and softens the mean. `kind: mse` and regression always average logits (predictions).
     """
 
+    # soft_ce (softened cross-entropy) or mse (logits MSE, Tang et al.)
     kind: Literal["soft_ce", "mse"] = "soft_ce"
-    temperature: float = 1.0
-    scale_by_t2: bool = True
-    hard_weight: float = 0.0
+    temperature: float = 1.0  # T of the softened distributions
+    scale_by_t2: bool = True  # multiply the soft loss by T squared
+    hard_weight: float = 0.0  # alpha of the gold-label cross-entropy (0: off)
+    # alpha over the steps: constant, linear_decay (to 0) or linear_increase (from 0)
     hard_schedule: Literal["constant", "linear_decay", "linear_increase"] = "constant"
+    # regression: MSE to the teacher's prediction or to the gold score
     regression_target: Literal["teacher", "gold"] = "teacher"
+    # several teachers: average softened probabilities or raw logits
     ensemble: Literal["probabilities", "logits"] = "probabilities"
 
     def __post_init__(self):

@@ -42,27 +42,31 @@ class TaskConfig:
     2018's character-level EM/F1, `en`: SQuAD's; `auto`: from the contexts).
     """
 
+    # classification (single or pair), regression, token (NER-style tags) or qa (extractive)
     type: Literal["classification", "regression", "token", "qa"] = "classification"
-    train: str | None = None
-    dev: str | None = None
-    test: str | None = None
-    dataset: str | None = None
-    name: str | None = None
+    train: str | None = None  # the train split: a file, or a split name inside dataset
+    dev: str | None = None  # the dev split (used for model selection)
+    test: str | None = None  # the test split (scored once at the end)
+    dataset: str | None = None  # a hub id or save_to_disk folder holding the splits
+    name: str | None = None  # the hub dataset's configuration, e.g. tnews
+    # the file format; auto: from the extension
     format: Literal["auto", "csv", "tsv", "json", "parquet", "disk", "hub"] = "auto"
-    text: str | None = "text"
-    text_pair: str | None = None
-    label: str = "label"
-    tokens: str = "tokens"
-    tags: str = "tags"
-    labels: list[str] | None = None
-    max_seq_len: int = 128
-    context: str = "context"
-    question: str = "question"
-    answers: str = "answers"
-    doc_stride: int | None = None
-    max_answer_len: int | None = None
-    n_best: int | None = None
+    text: str | None = "text"  # the text column
+    text_pair: str | None = None  # the second text of a pair task
+    label: str = "label"  # the label column
+    tokens: str = "tokens"  # token tasks: the token-list column
+    tags: str = "tags"  # token tasks: the tag-list column
+    labels: list[str] | None = None  # the label order (null: sorted values of the train split)
+    max_seq_len: int = 128  # tokens per example, special tokens included
+    context: str = "context"  # qa: the context column
+    question: str = "question"  # qa: the question column
+    answers: str = "answers"  # qa: the answers column (SQuAD layout)
+    doc_stride: int | None = None  # qa: overlap of context windows in tokens (null: max_seq_len // 4)
+    max_answer_len: int | None = None  # qa: the longest span in tokens
+    n_best: int | None = None  # qa: best starts and ends searched
+    # qa: predict no answer when the [CLS] score beats the best span's by more (null: always a span)
     null_threshold: float | None = None
+    # qa: zh (CMRC 2018 character metrics) or en (SQuAD's); auto: from the contexts
     language: Literal["auto", "zh", "en"] | None = None
 
     def __post_init__(self):
