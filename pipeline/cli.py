@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=spec.help, description=spec.help, usage=usage,
             epilog=f"Overrides (key.sub=value) and flags may come in any order. Config reference: the "
                    f"dataclass {spec.module}.{spec.config_class} (every key, its default and its checks; "
-                   f"python -m pydoc {spec.module}), the README section on `{name}`, and the examples in "
-                   "configs/.",
+                   f"python -m pydoc {spec.module}), the docs' configuration reference (mkdocs serve), and the "
+                   "examples in configs/.",
         )
         sub.add_argument("config", type=Path, help="YAML config file")
         # Overrides are collected from the words argparse does not know (see parse_args), so they may

@@ -34,7 +34,7 @@ def test_difference_to_direct_spreads_as_one_run_of_each():
 
 
 def test_binomial_half_width_of_the_test_sets():
-    # 1,000 reviews at 0.778: ±2.6 points; 1,152 entities at F1 0.424: ±2.9 points (the README's figures)
+    # 1,000 reviews at 0.778: ±2.6 points; 1,152 entities at F1 0.424: ±2.9 points (the benchmarks page's figures)
     assert half_width_95(0.778, 1000) == pytest.approx(1.96 * math.sqrt(0.778 * 0.222 / 1000))
     assert round(100 * half_width_95(0.778, 1000), 1) == 2.6
     assert round(100 * half_width_95(0.424, 1152), 1) == 2.9
