@@ -25,8 +25,6 @@ pre-tokenizer are untouched. BPE vocabularies are refused: their merges would ne
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ import transformers
 from tokenizers import Tokenizer
 from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
-from pipeline.config import atomic_write_text
+from pipeline.config import atomic_write_text, staged_directory
 from pipeline.data.corpus import count_stream_tokens, stream_text_batches
 from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.models.loading import load_model_config, load_saved_model, load_tokenizer
@@ -335,20 +333,12 @@ def prune_model_dir(model_dir: str | Path, output_dir: str | Path, texts: list[s
     pruned = pruned_tokenizer(tokenizer, vocab_map)
     checked = sum(check_round_trip(tokenizer, pruned, vocab_map, batch)
                   for corpus in corpora for batch in stream_text_batches(corpus))
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".tmp"))
-    try:
+    with staged_directory(output_dir) as staging:
         model.save_pretrained(staging)
         save_tokenizer(pruned, staging)
         atomic_write_text(staging / "pruned_vocab.json", json.dumps(
             {"source": source, "texts": texts, "min_count": min_count, "vocab_before": size,
              "vocab_after": vocab_map.size, "parameters_before": parameters,
              "parameters_after": model.num_parameters(), "texts_checked": checked}, indent=2) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.chmod(0o755)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return (f"prune-vocab: vocabulary {size:,} -> {vocab_map.size:,}, parameters {parameters:,} -> "
             f"{model.num_parameters():,}; {checked:,} texts tokenise identically (ids remapped) -> {output_dir}")

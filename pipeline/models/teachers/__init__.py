@@ -7,14 +7,13 @@ file into a `save_pretrained` folder. A new packaged model is one more entry in 
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel
 
+from pipeline.config import staged_directory
 from pipeline.errors import ConfigError, ModelError
 from pipeline.models.teachers.e5_file import E5File, read_e5_file
 from pipeline.models.teachers.unigram import unigram_tokenizer
@@ -62,18 +61,10 @@ def import_teacher(name: str, output_dir: str | Path, file: str | Path | None = 
     source = Path(file).expanduser() if file is not None else packaged_file(name)
     parsed = read_e5_file(source)
     model, tokenizer = e5_model(parsed), e5_tokenizer(parsed)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".tmp"))
-    try:
+    with staged_directory(output_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "README.md").write_text(_model_card(name, teacher, parsed, model), encoding="utf-8")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.chmod(0o755)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return (f"imported {name} from {source} (sha256 {parsed.sha256[:12]}): {parsed.dims.layers} layers, hidden "
             f"{parsed.dims.hidden}, {len(parsed.pieces):,} pieces, {_parameters(model):,} parameters -> {output_dir}")
 
