@@ -109,6 +109,22 @@ def test_a_diverging_run_stops_with_its_last_good_checkpoint_and_writes_nothing_
     assert_all_finite(out)
 
 
+def test_lr_1e6_diverges_and_stops_with_its_last_good_checkpoint(teacher_dir, tmp_path):
+    # The run, as a user meets it: the loss is finite at step 1 and NaN from step 2 on. Before, it
+    # trained 38 NaN steps, rotated the good checkpoints out, wrote a NaN model and exited 0.
+    config = write_config(tmp_path, teacher_dir, "lr1e6", lr=1e6, max_steps=40, save_every=10)
+    result = tinydistill("general", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    checkpoints = list_checkpoints(tmp_path / "lr1e6")
+    assert checkpoints and line.startswith("tinydistill general: error: step ")
+    assert "10 steps in a row with non-finite values (" in line and "train.max_nonfinite_steps is 10" in line
+    assert f"The last good checkpoint is {checkpoints[-1]};" in line
+    assert not (tmp_path / "lr1e6" / "tinydistill_run.json").exists()
+    assert not (tmp_path / "lr1e6" / "model.safetensors").exists()
+    assert_all_finite(tmp_path / "lr1e6")
+
+
 def test_one_nan_batch_is_skipped_counted_and_the_run_finishes(teacher_dir, tmp_path):
     config = write_config(tmp_path, teacher_dir, "one_nan")
     result = tinydistill("general", str(config), cwd=tmp_path, nan_at="5")
