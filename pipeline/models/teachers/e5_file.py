@@ -33,7 +33,6 @@ VERSION = 1
 Q4_BLOCK = 32
 Q4_BYTES = 18
 _Q4 = np.dtype([("d", "<f2"), ("qs", "u1", 16)])
-_LAYER_TENSORS = ("q", "k", "v", "ao", "fi", "fo")
 _LAYER_NORMS = ("aln", "oln")
 
 
