@@ -75,6 +75,13 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
     stage_one = [cfg for name, cfg in built if name == "general"]
     assert any(cfg.student.init == "teacher_layers" and cfg.student.copy_teacher_layers == [3, 6, 9, 12]
                for cfg in stage_one)
+    # the pretrained teacher-layer student trains at its own rate in stage one and both task steps
+    init_lr = budget.get("teacher_init_lr", 1e-3)
+    assert [cfg.train.lr for cfg in stage_one if cfg.student.copy_teacher_layers] == [init_lr]
+    from_teacher_layers = [cfg for config in configs if "/two_stage_teacher_init/" in config["run_dir"] + "/"
+                           for name, cfg in stage_configs(config) if name == "task"]
+    assert len(from_teacher_layers) == 3
+    assert {(cfg.intermediate.train.lr, cfg.prediction.train.lr) for cfg in from_teacher_layers} == {(init_lr, init_lr)}
     if layout.real:  # the packaged teacher, imported and pruned to the corpus and the train reviews
         # per-head attention losses need the teacher's head count (stage one refuses other students)
         assert budget["student"]["num_attention_heads"] == quality.E5_SMALL[3]
