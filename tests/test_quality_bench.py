@@ -67,6 +67,7 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
     caps = [budget["teacher_epochs"][kind] for kind in ("sentiment", "ner", "qa")]
     assert [cfg.train.epochs for cfg in direct] == [cfg.train.epochs for cfg in teacher_init] == caps
     assert {cfg.train.lr for cfg in teacher_init} == {cfg.train.lr for cfg in teachers} == {budget.get("teacher_lr", 3e-4)}
+    assert {cfg.train.lr for cfg in direct} == {budget.get("direct_lr", 1e-3)}  # the random student's own rate
     assert {cfg.model for cfg in teachers if cfg.train.seed == quality.FIRST_SEED} == {str(layout.shared / layout.base)}
     ensembles = [cfg for name, cfg in built if name == "evaluate" and cfg.ensemble]
     assert [len(cfg.ensemble) for cfg in ensembles] == [budget["ensemble_k"]] * 3
