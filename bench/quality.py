@@ -55,8 +55,8 @@ Budgets (reference measured on this 2-core VM on 2026-12-03; gpu not yet timed):
   real       multilingual-e5-small (pruned), 2,000 train examples, 600 stage-one steps per student, 1 variant,
              3 seeds of rows 1-4t. Measured on this 2-core VM on 2026-12-06 (sentiment only; minutes from
              the run manifests' `seconds`): shared data, import and pruning 0.4; stage one 12.1 (4L-312) and
-             13.7 (teacher layers); sentiment teacher 8.8 (3 of 4 epochs), transfer set 0.4, direct 5.8,
-             direct from teacher layers 11.4, task-only 9.0, 4a 17.8, 4b 8.6, 4t 18.5: 106 min with stage
+             13.7 (teacher layers); sentiment teacher 8.8 (3 of 4 epochs), transfer set 0.4, direct 10.1,
+             direct from teacher layers 11.4, task-only 9.0, 4a 17.8, 4b 8.6, 4t 18.5: 111 min with stage
              one. NER not yet timed: the 150 minutes for sentiment and NER need a smaller budget than this.
   gpu        the real teacher with all training data, 4 variants, 10,000 stage-one steps, 3 seeds of every
              default row including the ensemble (K = 3 e5 teachers, other seeds); not yet timed.
