@@ -13,6 +13,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from pipeline.config import from_dict
 from pipeline.errors import ConfigError, DataError, ModelError
+from pipeline.run import _file_stamp
 from pipeline.tasks.data import TaskConfig, collate, load_task_split, load_transfer, tokenize_task
 from stages.evaluate import EvaluateConfig, run_evaluate
 from stages.export import ExportConfig, run_export
@@ -200,8 +201,10 @@ def test_augment_varies_the_question_and_keeps_context_and_answers(qa_files, tmp
         assert row["context"] == source["context"] and row["answers"] == source["answers"]
         assert row["augmented"] in ("", "question")
     cfg = TaskConfig(**qa_task(qa_files))
+    written = _file_stamp(out)
     windows = tokenize_task(load_transfer(cfg, str(out)), qa_tokenizer(tmp_path / "tok"), cfg, None, "transfer")
     assert len(windows) == len(transfer)  # every answer_start still matches its context
+    assert _file_stamp(out) == written  # no cache file written into the augment stage's folder
 
 
 def test_an_ensemble_averages_start_and_end_distributions_over_positions():

@@ -365,6 +365,25 @@ def test_classlabel_columns_use_their_names(tmp_path):
     assert row["labels"] == [-100, 2, 0, 0, 1, 1, -100]
 
 
+def test_reading_a_saved_transfer_set_leaves_its_folder_as_written(tmp_path):
+    """Tokenizing never writes `datasets` cache files into the folder it read: that folder is another stage's
+    output, and a new file in it changes that stage's stamp, so the next run re-ran a finished stage."""
+    import datasets
+
+    from pipeline.run import _file_stamp
+    from pipeline.tasks.data import TaskConfig, load_transfer, tokenize_task
+
+    transfer = tmp_path / "augment"
+    datasets.Dataset.from_dict({"text": CHINESE_SENTENCES, "label": SENTIMENT}).save_to_disk(str(transfer / "dataset"))
+    before = sorted(p.name for p in (transfer / "dataset").iterdir()), _file_stamp(transfer)
+    cfg = TaskConfig(type="classification", train="x", max_seq_len=32)
+    tokenizer = save_tokenizer(tmp_path / "tok", CHINESE_SENTENCES)
+    rows = tokenize_task(load_transfer(cfg, str(transfer), need_labels=True), tokenizer, cfg, ["neg", "pos"],
+                         "transfer")
+    assert len(rows) == len(CHINESE_SENTENCES) and rows[0]["labels"] == 1  # "pos" of ["neg", "pos"]
+    assert (sorted(p.name for p in (transfer / "dataset").iterdir()), _file_stamp(transfer)) == before
+
+
 def test_token_labels_go_on_the_first_sub_token_only(tmp_path):
     import datasets
     from transformers import BertTokenizer

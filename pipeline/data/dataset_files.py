@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from pipeline.errors import DataError
@@ -55,6 +56,20 @@ def load_input(path: str, format: str, split: str, name: str | None, cache_dir: 
     except Exception as err:  # noqa: BLE001 -- datasets/pyarrow/pandas/hub errors all mean "cannot read this input"
         raise DataError(f"input.path: cannot read {path}: {_first_line(err)}") from None
     raise DataError(f"input.path: not found: {path}")
+
+
+def map_cache_file(dataset) -> str | None:
+    """Where a `dataset.map` over this dataset writes: None (datasets' choice, beside the cached files the
+    loader wrote) unless the dataset was read from a `save_to_disk` folder. That folder is another stage's
+    output (a transfer set); a cache file written into it changes that stage's stamp, and with it the key
+    of every stage that reads it, so the next run re-ran a finished stage. There: datasets' session
+    temporary directory, removed when the process ends."""
+    files = getattr(dataset, "cache_files", None)
+    if not files or not (Path(files[0]["filename"]).parent / "state.json").is_file():  # save_to_disk's marker
+        return None
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    return str(Path(get_temporary_cache_files_directory()) / f"cache-{uuid.uuid4().hex}.arrow")
 
 
 def _first_line(err: Exception) -> str:

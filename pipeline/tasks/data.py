@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pipeline.data.dataset_files import load_input, map_cache_file
 from pipeline.errors import ConfigError, DataError, ModelError
 
 IGNORE_INDEX = -100
@@ -114,8 +115,6 @@ class TaskConfig:
 
 def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
     """One split as a `datasets.Dataset`, with the configured columns checked (one-line errors)."""
-    from pipeline.data.dataset_files import load_input
-
     where = getattr(cfg, split)
     if where is None:
         raise ConfigError(f"task.{split}: not set")
@@ -331,7 +330,7 @@ def tokenize_task(dataset, tokenizer, cfg: TaskConfig, label_names: list[str] | 
         return out
 
     return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                       desc=f"tokenizing {split}")
+                       cache_file_name=map_cache_file(dataset), desc=f"tokenizing {split}")
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.data.dataset_files import map_cache_file
 from pipeline.errors import DataError, ModelError
 
 # CMRC 2018's official evaluation script: the punctuation it removes (plus ASCII punctuation).
@@ -236,7 +237,7 @@ def tokenize_qa(dataset, tokenizer, cfg, split: str, need_labels: bool = True):
         return windows
 
     return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                       desc=f"windows of {split}")
+                       cache_file_name=map_cache_file(dataset), desc=f"windows of {split}")
 
 
 def score_qa(cfg, logits: Sequence[np.ndarray], windows) -> dict:
