@@ -66,7 +66,12 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
     # both direct students train to their own dev plateau, under the teacher's cap, on every task
     caps = [budget["teacher_epochs"][kind] for kind in ("sentiment", "ner", "qa")]
     assert [cfg.train.epochs for cfg in direct] == [cfg.train.epochs for cfg in teacher_init] == caps
-    assert {cfg.train.lr for cfg in teacher_init} == {cfg.train.lr for cfg in teachers} == {budget.get("teacher_lr", 3e-4)}
+    # the teacher-layer student trains directly at its task's teacher rate; patience is the task's too
+    rates = [quality.for_task(budget, "teacher_lr", kind, 3e-4) for kind in ("sentiment", "ner", "qa")]
+    assert [cfg.train.lr for cfg in teacher_init] == rates
+    assert [cfg.train.lr for cfg in teachers] == [rate for rate in rates for _ in range(budget["ensemble_k"])]
+    patience = [quality.for_task(budget, "patience", kind) for kind in ("sentiment", "ner", "qa")]
+    assert [cfg.early_stopping.patience for cfg in direct] == [cfg.early_stopping.patience for cfg in teacher_init] == patience
     assert {cfg.train.lr for cfg in direct} == {budget.get("direct_lr", 1e-3)}  # the random student's own rate
     assert {cfg.model for cfg in teachers if cfg.train.seed == quality.FIRST_SEED} == {str(layout.shared / layout.base)}
     ensembles = [cfg for name, cfg in built if name == "evaluate" and cfg.ensemble]
