@@ -409,7 +409,19 @@ def evaluate_section(layout: Layout, budget: dict, kind: str, row: str) -> dict:
     return section
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; a stop signal (checkpoint saved, exit 75) or a refused config is one line, as in the CLI."""
+    from pipeline.errors import TinyDistillError
+
+    try:
+        _bench(argv)
+    except TinyDistillError as err:
+        print(f"bench/quality.py: {err.prefix}: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+def _bench(argv: list[str] | None) -> None:
     from pipeline.config import from_dict
     from pipeline.run import RunConfig, run_pipeline
 
@@ -419,7 +431,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=[],
                         help="rows to run besides the budget's default ones")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     budget = BUDGETS[args.budget]
     layout = Layout(args.run_dir or f"runs/quality_{args.budget}", budget)
     rows = selected_rows(budget["rows"] + args.rows)
@@ -541,4 +553,4 @@ def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

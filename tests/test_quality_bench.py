@@ -120,3 +120,21 @@ def test_the_teacher_layer_student_copies_teacher_layers_3_6_9_12(tmp_path):
 def test_the_dev_selected_row_and_the_ensemble_need_row_4a():
     assert quality.selected_rows(["two_stage_hard"]) == ["teacher", "direct", "two_stage", "two_stage_hard"]
     assert quality.selected_rows(["ensemble"]) == ["teacher", "direct", "two_stage", "ensemble"]
+
+
+@pytest.mark.parametrize(("error", "code", "line"), [
+    ("preempted", 75, "bench/quality.py: stopped: stop signal: checkpoint saved at step 5; run the same command to resume"),
+    ("config", 2, "bench/quality.py: error: teacher.name: unknown"),
+])
+def test_a_stopped_or_refused_bench_says_so_in_one_line(error, code, line, monkeypatch, tmp_path, capsys):
+    """A preempted bench exits 75 (EX_TEMPFAIL, what a requeue script tests for) like the CLI, not with a traceback."""
+    import pipeline.run
+    from pipeline.errors import ConfigError
+    from pipeline.training.guards import Preempted
+
+    def stop(config):
+        raise Preempted(line.split("stopped: ")[1]) if error == "preempted" else ConfigError("teacher.name: unknown")
+
+    monkeypatch.setattr(pipeline.run, "run_pipeline", stop)
+    assert quality.main(["--budget", "smoke", "--run-dir", str(tmp_path)]) == code
+    assert capsys.readouterr().err.strip() == line
