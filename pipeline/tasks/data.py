@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline.data.dataset_files import load_input, map_cache_file
+from pipeline.data.dataset_files import map_cache_file
 from pipeline.errors import ConfigError, DataError, ModelError
 
 IGNORE_INDEX = -100
@@ -115,6 +115,8 @@ class TaskConfig:
 
 def load_task_split(cfg: TaskConfig, split: str, need_labels: bool = True):
     """One split as a `datasets.Dataset`, with the configured columns checked (one-line errors)."""
+    from pipeline.data.dataset_files import load_input
+
     where = getattr(cfg, split)
     if where is None:
         raise ConfigError(f"task.{split}: not set")
