@@ -11,7 +11,8 @@ test scores of that model, its step and epoch, and the epochs trained); `train_l
 
 With `early_stopping.patience`, training stops once the dev metric has not improved for that many
 evaluations in a row (once per epoch, or every `eval_every` steps); `train.epochs` (or
-`train.max_steps`) is the cap, and the learning-rate schedule is planned over the cap.
+`train.max_steps`) is the cap, and the learning-rate schedule is planned over the cap. With
+`early_stopping.start_epoch`, patience counts only from the end of that epoch.
 """
 
 from __future__ import annotations
@@ -54,18 +55,25 @@ from pipeline.training.train_loop import BEST_DIR, dev_evaluation, planned_steps
 class EarlyStoppingConfig:
     """Fine-tune to the dev plateau: stop after `patience` dev evaluations in a row without a new best
     (null: train to the cap). `metric`: the dev metric that decides, and picks the saved model;
-    default the task's main metric."""
+    default the task's main metric. `start_epoch`: patience counts only from the end of this epoch
+    (Keras's `start_from_epoch`), so a score still on its floor is not taken for a plateau: NER's entity
+    F1 sits at 0.0 while a model tags every token O, and 0.0 ties 0.0."""
 
     # dev evaluations in a row without a new best before stopping (null: train to the cap)
     patience: int | None = None
     # the dev metric that decides and picks the saved model (null: the task's main metric)
     metric: str | None = None
+    # epochs of warm-up before patience starts to count (0: from the first evaluation)
+    start_epoch: int = 0
 
     def __post_init__(self):
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"early_stopping.patience: must be >= 1, got {self.patience}")
-        if self.metric is not None and self.patience is None:
-            raise ConfigError("early_stopping.metric: only used with early_stopping.patience; set both or neither")
+        for name, value, unset in (("metric", self.metric, None), ("start_epoch", self.start_epoch, 0)):
+            if value != unset and self.patience is None:
+                raise ConfigError(f"early_stopping.{name}: only used with early_stopping.patience; set both or neither")
+        if self.start_epoch < 0:
+            raise ConfigError(f"early_stopping.start_epoch: must be >= 0, got {self.start_epoch}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,10 @@ class FinetuneConfig:
         self.train.without_teacher()
         if self.early_stopping.patience is not None and not self.task.dev:
             raise ConfigError("early_stopping.patience: needs task.dev (the dev metric decides when to stop)")
+        start, cap = self.early_stopping.start_epoch, self.train.epochs
+        if start and self.train.max_steps is None and start >= cap:
+            raise ConfigError(f"early_stopping.start_epoch: {start} leaves patience no epoch to count under "
+                              f"train.epochs {cap}")
 
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
@@ -125,7 +137,9 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 
     evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, tokenizer.pad_token_id,
                                 accelerator.device, cfg.eval_every, save_model, metric=stopping_metric,
-                                patience=cfg.early_stopping.patience)
+                                patience=cfg.early_stopping.patience,
+                                start_step=cfg.early_stopping.start_epoch * planned_steps(
+                                    len(data["train"]), train, accelerator.num_processes)[1])
     header = {"task": task_type, "labels": label_names, "train_rows": len(data["train"]),
               "parameters": count_parameters(model)}
     model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, train, output_dir,

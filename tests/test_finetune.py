@@ -105,10 +105,55 @@ def test_a_run_killed_after_the_stop_resumes_and_stops_at_once(files, tmp_path, 
     assert json.loads((out / "metrics.json").read_text())["epochs_used"] == stop_step / 4
 
 
+FLOOR = [0.0, 0.0, 0.0, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]  # dev scores by epoch: 3 epochs on the floor, then a climb
+
+
+@pytest.fixture
+def floor_first(monkeypatch):
+    """Dev scores that sit on their starting value for three epochs, as NER's entity F1 does while a model still
+    tags every token O, and then climb: the scripted scores replace the real ones, one an evaluation."""
+    from pipeline.training import train_loop
+
+    scores = iter(FLOOR)
+    monkeypatch.setattr(train_loop, "score_predictions", lambda *args: {"accuracy": next(scores)})
+
+
+def test_patience_alone_gives_up_on_the_floor(files, tmp_path, floor_first):
+    out = tmp_path / "ft"
+    run_finetune(from_dict(FinetuneConfig, config(files, out, early_stopping={"patience": 2})))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["epochs_used"], metrics["best_epoch"]) == (3, 1)  # 0.0 ties 0.0: two evaluations without a best
+
+
+def test_patience_counts_from_the_start_epoch_so_a_score_still_on_its_floor_is_not_a_plateau(files, tmp_path,
+                                                                                           floor_first):
+    out = tmp_path / "ft"
+    run_finetune(from_dict(FinetuneConfig, config(files, out, early_stopping={"patience": 2, "start_epoch": 3})))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["epochs_used"], metrics["best_epoch"]) == (7, 5)  # the climb to 0.6, then two epochs of ties
+    assert [e["dev_accuracy"] for e in events(out, "dev")] == FLOOR[:7]
+    assert events(out, "early_stop")[0]["start_step"] == 3 * 4  # 4 steps an epoch
+
+
+def test_a_run_still_on_its_floor_at_the_start_epoch_stops_patience_epochs_later(files, tmp_path, monkeypatch):
+    from pipeline.training import train_loop
+
+    monkeypatch.setattr(train_loop, "score_predictions", lambda *args: {"accuracy": 0.0})
+    out = tmp_path / "ft"
+    run_finetune(from_dict(FinetuneConfig, config(files, out, early_stopping={"patience": 2, "start_epoch": 4})))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["epochs_used"], metrics["best_epoch"], metrics["stopped_early"]) == (6, 1, True)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"early_stopping": {"patience": 0}}, r"^early_stopping\.patience: must be >= 1, got 0$"),
     ({"early_stopping": {"metric": "macro_f1"}},
      r"^early_stopping\.metric: only used with early_stopping\.patience; set both or neither$"),
+    ({"early_stopping": {"start_epoch": 2}},
+     r"^early_stopping\.start_epoch: only used with early_stopping\.patience; set both or neither$"),
+    ({"early_stopping": {"patience": 2, "start_epoch": -1}}, r"^early_stopping\.start_epoch: must be >= 0, got -1$"),
+    ({"early_stopping": {"patience": 2, "start_epoch": CAP}},
+     rf"^early_stopping\.start_epoch: {CAP} leaves patience no epoch to count under train\.epochs {CAP}$"),
     ({"early_stopping": {"patience": 2}, "dev": False},
      r"^early_stopping\.patience: needs task\.dev \(the dev metric decides when to stop\)$"),
 ])

@@ -56,27 +56,31 @@ class Evaluation:
     every: int | None = None  # steps; None: once per epoch (and always at the last step)
     save_best: Callable[[torch.nn.Module, Path], None] | None = None  # writes a model into a directory
     patience: int | None = None  # stop after this many evaluations in a row without a new best; None: never
+    start_step: int = 0  # patience counts only from this step on (a warm-up, in which no new best is expected)
 
 
 def out_of_patience(evaluation: Evaluation | None, state: TrainState, eval_every: int | None) -> bool:
     """True once `evaluation.patience` evaluations (every `eval_every` steps) have passed without a new
-    best. Read from the state alone (step and best step), so a resumed run stops where the original did."""
+    best, counted from `evaluation.start_step` at the earliest. Read from the state alone (step and best
+    step), so a resumed run stops where the original did."""
     if evaluation is None or evaluation.patience is None or state.best_metric is None:
         return False
-    return state.step - state.best_step >= evaluation.patience * eval_every
+    return state.step - max(state.best_step, evaluation.start_step) >= evaluation.patience * eval_every
 
 
 def dev_evaluation(task, label_names: list[str], dev, batch_size: int, pad_id: int, device,
                    every: int | None, save_best: Callable[[torch.nn.Module, Path], None],
-                   metric: str | None = None, patience: int | None = None) -> Evaluation | None:
+                   metric: str | None = None, patience: int | None = None,
+                   start_step: int = 0) -> Evaluation | None:
     """Scores on the tokenised `dev` split, selecting by `metric` (default: the task's main metric);
-    None when the task has no dev split. `patience`: see `Evaluation`."""
+    None when the task has no dev split. `patience`, `start_step`: see `Evaluation`."""
     if dev is None:
         return None
     return Evaluation(
         evaluate=lambda model: score_predictions(task, label_names,
                                                  predict_logits(model, dev, batch_size, pad_id, device), dev),
         metric=metric or main_metric(task.type), every=every, save_best=save_best, patience=patience,
+        start_step=start_step,
     )
 
 
@@ -174,7 +178,7 @@ def train_model(accelerator, model: torch.nn.Module, batches_from, compute_terms
                 saved = save_checkpoint(accelerator, output_dir, state, train.keep_checkpoints, model, signature)
             if stopping:
                 log.event("early_stop", step=state.step, best_step=state.best_step, best=state.best_metric,
-                          patience=evaluation.patience)
+                          patience=evaluation.patience, start_step=evaluation.start_step)
             if verdict.stop and state.step < total_steps:
                 log.event("preempted", step=state.step, signal=stop.signal_name or "another rank's", checkpoint=str(saved))
                 log.close()
