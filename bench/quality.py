@@ -101,19 +101,23 @@ BUDGETS = {
     # seed 43 (dev 0.536); 3e-4 reached dev 0.784 (epoch 2 of 8); 1e-4 was slower (see docs/benchmarks.md).
     # NER and QA: at 5e-5 and patience 1 the NER teacher stopped after 2 epochs on the all-O floor (dev F1 0.0
     # twice, loss 0.74 -> 0.61), so those tasks take 1e-4 (also the teacher-layer student's direct rate),
-    # patience 2 and a cap of 8 epochs.
+    # patience 2 and a cap of 8 epochs. The direct students count patience from epoch 4 (`start_epoch`): at
+    # patience 2 alone, two of three teacher-layer students stopped at epoch 3 on that floor, where the third
+    # (and both, run to the cap) left it at epoch 3 or 4. The teacher keeps its run: it left the floor at epoch 3
+    # and trained to its cap, so a start epoch would change nothing in it but re-run it and every row after it.
     "real": {"teacher_source": "e5-small", "max_train": 2000, "qa_max_train": 2000, "max_eval": 1000,
              "corpus_lines": None, "teacher": E5_SMALL, "teacher_lr": {"sentiment": 5e-5, "ner": 1e-4, "qa": 1e-4},
              "teacher_init_lr": 1e-4, "direct_lr": 3e-4, "general_steps": 600,
              "teacher_epochs": {"sentiment": 4, "ner": 8, "qa": 8}, "patience": {"sentiment": 1, "ner": 2, "qa": 2},
-             "student_epochs": 2,
+             "start_epoch": {"sentiment": 0, "ner": 4, "qa": 4}, "student_epochs": 2,
              "intermediate_epochs": 1, "variants": 1, "seq": 64, "seeds": 3, "ensemble_k": 3,
              "ensemble_teacher": None, "ensemble_seeds": 1, "student": STUDENT_4L312, "relation_heads": 24,
              "rows": REAL_ROWS},
     "gpu": {"teacher_source": "e5-small", "max_train": None, "qa_max_train": 60000, "max_eval": None,
             "corpus_lines": None, "teacher": E5_SMALL, "teacher_lr": 5e-5, "teacher_init_lr": 1e-4,
             "direct_lr": 3e-4, "general_steps": 10_000,
-            "teacher_epochs": {"sentiment": 10, "ner": 15, "qa": 15}, "patience": 2, "student_epochs": 3,
+            "teacher_epochs": {"sentiment": 10, "ner": 15, "qa": 15}, "patience": 2,
+            "start_epoch": {"sentiment": 0, "ner": 4, "qa": 4}, "student_epochs": 3,
             "intermediate_epochs": 2, "variants": 4, "seq": 64, "seeds": 3, "ensemble_k": 3,
             "ensemble_teacher": None, "ensemble_seeds": 3, "student": STUDENT_4L312, "relation_heads": 24,
             "rows": [*REAL_ROWS, "ensemble"]},
@@ -278,6 +282,13 @@ def for_task(budget: dict, key: str, kind: str, default=None):
     return value[kind] if isinstance(value, dict) else value
 
 
+def direct_stopping(budget: dict, kind: str) -> dict:
+    """Early stopping of a direct student: the teacher's patience, counted from the budget's `start_epoch`."""
+    stopping = {"patience": for_task(budget, "patience", kind)}
+    start = for_task(budget, "start_epoch", kind, 0)
+    return {**stopping, "start_epoch": start} if start else stopping
+
+
 def teacher_config(layout: Layout, budget: dict, kind: str, k: int) -> dict:
     """Fine-tuning of teacher k to its dev plateau (teacher 0 is also evaluated, with latency)."""
     task = task_section(kind, str(layout.data), budget["seq"])
@@ -321,15 +332,15 @@ def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> 
         # allow. At the students' 2 epochs the NER student had not left the all-O plateau (test F1 0.0 at
         # two of three seeds), which flattered every distilled row by 30 points.
         config["finetune"] = {"model": random_student(layout, budget, kind, seed), "task": task,
-                              "early_stopping": {"patience": for_task(budget, "patience", kind)},
+                              "early_stopping": direct_stopping(budget, kind),
                               "train": train_args(kind, budget.get("direct_lr", 1e-3), budget["teacher_epochs"][kind],
                                                   seed=seed)}
         return config
     if row == "direct_teacher_init":  # gold labels only, from teacher layers 3/6/9/12, at the teacher's rate
         config["finetune"] = {"model": teacher_init_student(layout), "task": task,
-                              "early_stopping": {"patience": for_task(budget, "patience", kind)},
-                              "train": train_args(kind, for_task(budget, "teacher_lr", kind, 3e-4), budget["teacher_epochs"][kind],
-                                                  seed=seed)}
+                              "early_stopping": direct_stopping(budget, kind),
+                              "train": train_args(kind, for_task(budget, "teacher_lr", kind, 3e-4),
+                                                  budget["teacher_epochs"][kind], seed=seed)}
         return config
     lr = budget.get("teacher_init_lr", 1e-3) if row == "two_stage_teacher_init" else 1e-3
     intermediate = {"train": train_args(kind, lr, budget["intermediate_epochs"], seed=seed, schedule="constant",

@@ -72,6 +72,11 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
     assert [cfg.train.lr for cfg in teachers] == [rate for rate in rates for _ in range(budget["ensemble_k"])]
     patience = [quality.for_task(budget, "patience", kind) for kind in ("sentiment", "ner", "qa")]
     assert [cfg.early_stopping.patience for cfg in direct] == [cfg.early_stopping.patience for cfg in teacher_init] == patience
+    # NER and QA direct students count patience from epoch 4: their F1 starts on a floor (0.0 ties 0.0)
+    starts = [quality.for_task(budget, "start_epoch", kind, 0) for kind in ("sentiment", "ner", "qa")]
+    assert [cfg.early_stopping.start_epoch for cfg in direct] == [cfg.early_stopping.start_epoch for cfg in teacher_init] == starts
+    if budget_name in ("real", "gpu"):
+        assert starts == [0, 4, 4]
     assert {cfg.train.lr for cfg in direct} == {budget.get("direct_lr", 1e-3)}  # the random student's own rate
     assert {cfg.model for cfg in teachers if cfg.train.seed == quality.FIRST_SEED} == {str(layout.shared / layout.base)}
     ensembles = [cfg for name, cfg in built if name == "evaluate" and cfg.ensemble]
