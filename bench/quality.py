@@ -286,6 +286,7 @@ def direct_stopping(budget: dict, kind: str) -> dict:
     """Early stopping of a direct student: the teacher's patience, counted from the budget's `start_epoch`."""
     stopping = {"patience": for_task(budget, "patience", kind)}
     start = for_task(budget, "start_epoch", kind, 0)
+    # left out at 0, so the sections of tasks without a warm-up, and with them their run keys, stay as they were
     return {**stopping, "start_epoch": start} if start else stopping
 
 

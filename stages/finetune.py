@@ -135,11 +135,11 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
+    _, per_epoch = planned_steps(len(data["train"]), train, accelerator.num_processes)
     evaluation = dev_evaluation(cfg.task, label_names, data["dev"], cfg.eval_batch_size, tokenizer.pad_token_id,
                                 accelerator.device, cfg.eval_every, save_model, metric=stopping_metric,
                                 patience=cfg.early_stopping.patience,
-                                start_step=cfg.early_stopping.start_epoch * planned_steps(
-                                    len(data["train"]), train, accelerator.num_processes)[1])
+                                start_step=cfg.early_stopping.start_epoch * per_epoch)
     header = {"task": task_type, "labels": label_names, "train_rows": len(data["train"]),
               "parameters": count_parameters(model)}
     model, state = train_on_task_data(accelerator, model, data["train"], compute_terms, train, output_dir,
