@@ -50,9 +50,11 @@ def faults_per_step(retain: bool) -> list[int]:
 def test_a_retained_step_stops_page_faulting_its_tensors_in_again():
     default, retained = faults_per_step(False), faults_per_step(True)
     # glibc's defaults fault the step's tensors in again step after step (measured: 170,000-200,000 faults
-    # over steps 3-12); retained, the later steps reuse the heap's pages (10,000-33,000, most steps none)
+    # over steps 3-12, but 74,534 and 77,668 in two fresh-clone CI runs, where glibc's dynamic mmap threshold
+    # had kept more of them); retained, the later steps reuse the heap's pages (10,000-33,000). The margin is
+    # 2x: the ratio measured 3.2x and 3.8x in those runs, 5-17x otherwise.
     assert sum(default[2:]) > 50_000, default
-    assert sum(retained[2:]) * 4 < sum(default[2:]), (default, retained)
+    assert sum(retained[2:]) * 2 < sum(default[2:]), (default, retained)
 
 
 def test_make_accelerator_retains_memory_on_cpu_unless_the_config_says_no(tmp_path):
