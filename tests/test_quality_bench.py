@@ -93,6 +93,13 @@ def test_every_row_of_every_budget_is_a_valid_run(budget_name, monkeypatch, tmp_
                            for name, cfg in stage_configs(config) if name == "task"]
     assert len(from_teacher_layers) == 3
     assert {(cfg.intermediate.train.lr, cfg.prediction.train.lr) for cfg in from_teacher_layers} == {(init_lr, init_lr)}
+    # every distilled row's prediction step runs its task's student epochs (NER and QA take more in `real`)
+    for kind in ("sentiment", "ner", "qa"):
+        steps = [cfg for config in configs if f"/{kind}/" in config["run_dir"] + "/"
+                 for name, cfg in stage_configs(config) if name == "task"]
+        assert steps and {cfg.prediction.train.epochs for cfg in steps} == {quality.for_task(budget, "student_epochs", kind)}
+    if budget_name == "real":  # chosen on NER dev (4b, seed 42: 2 epochs 0.520, 4 0.590, 6 0.629); sentiment keeps 2
+        assert [quality.for_task(budget, "student_epochs", kind) for kind in ("sentiment", "ner", "qa")] == [2, 6, 6]
     if layout.real:  # the packaged teacher, imported and pruned to the corpus and the train reviews
         # per-head attention losses need the teacher's head count (stage one refuses other students)
         assert budget["student"]["num_attention_heads"] == quality.E5_SMALL[3]
