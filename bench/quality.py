@@ -57,9 +57,10 @@ Budgets (reference measured on this 2-core VM on 2026-12-03; gpu not yet timed):
              manifests' `seconds`): shared data, import and pruning 0.4; stage one 12.1 (4L-312) and
              13.7 (teacher layers); sentiment teacher 8.8 (3 of 4 epochs), transfer set 0.4, direct 10.1,
              direct from teacher layers 11.4, task-only 9.0, 4a 17.8, 4b 8.6, 4t 18.5: 111 min with stage
-             one. NER (1e-4, patience 2 from epoch 4, cap 8): teacher 34.0 (8 of 8 epochs), transfer set
-             0.3, direct 22.9, direct from teacher layers 32.6, task-only 12.6, 4a 20.9, 4b 11.9, 4t 28.9:
-             164 min. Sentiment and NER together (275) exceed the issue's 150 minutes.
+             one. NER (1e-4, patience 2 from epoch 4, cap 8; 6 prediction epochs, 2026-12-07): teacher 34.0
+             (8 of 8 epochs), transfer set 0.3, direct 22.9, direct from teacher layers 32.6, task-only 21.8,
+             4a 38.7, 4b 27.7, 4t 46.9: 225 min. Sentiment and NER together (335) exceed the issue's
+             150 minutes.
   gpu        the real teacher with all training data, 4 variants, 10,000 stage-one steps, 3 seeds of every
              default row including the ensemble (K = 3 e5 teachers, other seeds); not yet timed.
   smoke      the real-teacher plumbing on a tiny pruned copy (2,000 corpus lines, 160 train examples),
