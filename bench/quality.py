@@ -67,7 +67,9 @@ Budgets (reference measured on this 2-core VM on 2026-12-03; gpu not yet timed):
              one. NER (1e-4, patience 2 from epoch 4, cap 8; 6 prediction epochs, 2026-12-07): teacher 34.0
              (8 of 8 epochs), transfer set 0.3, direct 22.9, direct from teacher layers 32.6, task-only 21.8,
              4a 38.7, 4b 27.7, 4t 46.9: 225 min. Sentiment and NER together (335) exceed the issue's
-             150 minutes.
+             150 minutes. QA (2026-12-07, a fresh machine: stage one 9.5 and 10.5): teacher 17.4 (8 of 8
+             epochs, best 7), transfer set 0.3, direct 12.5, direct from teacher layers 15.5, task-only 12.0,
+             4a 20.3, 4b 15.4, 4t 24.2: 118 min (the issue's 60 missed).
   gpu        the real teacher with all training data, 4 variants, 10,000 stage-one steps, 3 seeds of every
              default row including the ensemble (K = 3 e5 teachers, other seeds); not yet timed.
   smoke      the real-teacher plumbing on a tiny pruned copy (2,000 corpus lines, 160 train examples),
