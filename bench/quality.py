@@ -249,10 +249,16 @@ def parse_trial(items: list[str]) -> dict:
             value = kind(text)
         except ValueError:
             raise ValueError(f"--set {item}: {key} takes {'an integer' if kind is int else 'a number'}") from None
-        if not (value >= 0 if key == "hard_weight" else value > 0):
-            raise ValueError(f"--set {item}: {key} must be {'>= 0' if key == 'hard_weight' else '> 0'}")
+        zero_allowed = key == "hard_weight"  # 0: no gold labels, row 4a's loss
+        if value < 0 or (value == 0 and not zero_allowed):
+            raise ValueError(f"--set {item}: {key} must be {'>= 0' if zero_allowed else '> 0'}")
         trial[key] = value
     return trial
+
+
+def trial_label(settings: dict) -> str:
+    """`k=v,...` of trial settings, in the order given: a run folder's tag and the table's heading."""
+    return ",".join(f"{key}={value:g}" for key, value in settings.items())
 
 
 class Layout:
@@ -268,8 +274,8 @@ class Layout:
 
     def tagged(self, path: Path, run: str) -> Path:
         """`path`, or `path@k=v,...` with the trial's settings that change `run` (see TRIAL_CHANGES)."""
-        changes = sorted((key, value) for key, value in self.trial.items() if key in TRIAL_CHANGES[run])
-        return path.with_name(path.name + "@" + ",".join(f"{key}={value:g}" for key, value in changes)) if changes else path
+        changes = dict(sorted((key, value) for key, value in self.trial.items() if key in TRIAL_CHANGES[run]))
+        return path.with_name(f"{path.name}@{trial_label(changes)}") if changes else path
 
     def used(self, *names: str) -> dict:
         return {name: {"use": str(self.shared / name)} for name in names}
@@ -553,7 +559,7 @@ def _bench(argv: list[str] | None) -> None:
                 run(config, f"{kind} {row}")
         results.append(task_result(layout, budget, kind, rows, seeds))
     if trial:
-        print("\ntrial: " + ", ".join(f"{key}={value:g}" for key, value in trial.items()))
+        print("\ntrial: " + trial_label(trial).replace(",", ", "))
     print("\n" + format_table(results))
     print("\nwall time per row (min, summed over seeds; finished stages are skipped on a re-run): "
           + ", ".join(f"{what} {value:.1f}" for what, value in minutes.items()))
