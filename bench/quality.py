@@ -150,7 +150,7 @@ FIRST_SEED = 42  # the teacher's; student seeds and the other ensemble teachers 
 HARD_WEIGHT = 0.5  # two_stage_hard: gold-label CE added to the prediction step (TinyBERT uses none)
 LABELS = {"teacher": "1. teacher", "ensemble_score": "1e. teacher ensemble (averaged probabilities)",
           "direct": "2. student trained directly", "task_only": "3. task distillation only",
-          "two_stage": "4a. two-stage + augmentation", "two_stage_hard": "4b. two-stage, gold CE 0.5",
+          "two_stage": "4a. two-stage + augmentation", "two_stage_hard": "4b. two-stage, gold CE {hard_weight:g}",
           "dev_selected": "4. **dev-selected 4a/4b**", "ensemble": "5. two-stage, K-teacher ensemble",
           "distilbert": "6. DistilBERT-style stage one", "bilstm": "7. BiLSTM (Tang et al.)",
           "minilmv2": "8. MiniLMv2 stage one",
@@ -565,6 +565,11 @@ def _bench(argv: list[str] | None) -> None:
           + ", ".join(f"{what} {value:.1f}" for what, value in minutes.items()))
 
 
+def row_label(row: str, budget: dict) -> str:
+    """A row's label in the table, with the gold-label weight row 4b ran with (a trial may change it)."""
+    return LABELS[row].format(hard_weight=budget.get("hard_weight", HARD_WEIGHT))
+
+
 def _metrics(path: Path) -> dict:
     return json.loads((path / "metrics.json").read_text())
 
@@ -611,7 +616,7 @@ def task_result(layout: Layout, budget: dict, kind: str, rows: list[str], seeds:
         scores = [_metrics(layout.row(kind, row, seed) / STAGE_OF_ROW.get(row, "task")) for seed in run_seeds]
         student = _report(layout.row(kind, row, run_seeds[0]))["models"]["student"]
         epochs = "; ".join(_epochs(s) for s in scores) if row.startswith("direct") else ""
-        table[row] = Row(LABELS[row], [s["dev"][metric] for s in scores], [s["test"][metric] for s in scores],
+        table[row] = Row(row_label(row, budget), [s["dev"][metric] for s in scores], [s["test"][metric] for s in scores],
                          epochs=epochs, parameters=student["parameters"], ms_per_example=_latency_at_1(student),
                          baseline=BASELINE.get(row, "direct"))
         if row == "two_stage_hard":

@@ -231,3 +231,12 @@ def test_a_bad_trial_setting_is_refused_in_one_line_before_any_run(item, message
         quality.main(["--budget", "smoke", "--run-dir", str(tmp_path), "--set", item])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("budget_name", ["real", "reference"])
+def test_the_gold_label_row_is_labelled_with_the_weight_it_ran_with(budget_name):
+    """Row 4b's label names its gold-label weight: a trial's `--set hard_weight=1` table must not say 0.5."""
+    budget = quality.BUDGETS[budget_name]
+    assert quality.row_label("two_stage_hard", budget) == f"4b. two-stage, gold CE {quality.HARD_WEIGHT:g}"
+    assert quality.row_label("two_stage_hard", {**budget, "hard_weight": 1.0}) == "4b. two-stage, gold CE 1"
+    assert quality.row_label("direct", {**budget, "hard_weight": 1.0}) == quality.LABELS["direct"]
