@@ -338,6 +338,12 @@ def general_config(layout: Layout, budget: dict, objective: str) -> dict:
     return {"run_dir": str(layout.general(objective)), **layout.shared_stages(), "general": general}
 
 
+def gold_weight(budget: dict) -> float:
+    """Row 4b's gold-label CE weight: the budget's (a trial's `--set hard_weight`) or HARD_WEIGHT. The run's
+    config and the table's label both read it here, so they cannot disagree."""
+    return budget.get("hard_weight", HARD_WEIGHT)
+
+
 def for_task(budget: dict, key: str, kind: str, default=None):
     """A budget setting for one task: the value, or its entry for `kind` where the budget gives one per task."""
     value = budget.get(key, default)
@@ -427,7 +433,7 @@ def row_config(layout: Layout, budget: dict, kind: str, row: str, seed: int) -> 
                           "student": {"init": "checkpoint", "checkpoint": str(start), "preset": None}}
         if row == "two_stage_hard":
             config["task"]["prediction"] = {**prediction, "loss": {**prediction["loss"],
-                                                                   "hard_weight": budget.get("hard_weight", HARD_WEIGHT)}}
+                                                                   "hard_weight": gold_weight(budget)}}
         else:
             config["task"]["ensemble_teachers"] = [str(layout.teacher(kind, k)) for k in range(1, budget["ensemble_k"])]
         return config
@@ -567,7 +573,7 @@ def _bench(argv: list[str] | None) -> None:
 
 def row_label(row: str, budget: dict) -> str:
     """A row's label in the table, with the gold-label weight row 4b ran with (a trial may change it)."""
-    return LABELS[row].format(hard_weight=budget.get("hard_weight", HARD_WEIGHT))
+    return LABELS[row].format(hard_weight=gold_weight(budget))
 
 
 def _metrics(path: Path) -> dict:
