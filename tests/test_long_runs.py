@@ -209,10 +209,20 @@ def test_two_gloo_processes_stop_together_on_one_ranks_signal_and_resume_exactly
 
     stopped = write_config(tmp_path, teacher_dir, "two_stopped", save_every=100, max_steps=8)
     process = torchrun(stopped, 29572, step_sleep=0.5)
+
+    def local_rank(worker: psutil.Process) -> str | None:
+        # A worker just forked still shows torchrun's environment (no LOCAL_RANK) until it execs: poll again.
+        try:
+            return worker.environ().get("LOCAL_RANK")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
     deadline = time.monotonic() + 120
-    while len(workers := psutil.Process(process.pid).children()) < 2 and time.monotonic() < deadline:
+    rank_one = None
+    while rank_one is None and time.monotonic() < deadline:
+        rank_one = next((w for w in psutil.Process(process.pid).children() if local_rank(w) == "1"), None)
         time.sleep(0.05)
-    rank_one = next(w for w in workers if "LOCAL_RANK" in w.environ() and w.environ()["LOCAL_RANK"] == "1")
+    assert rank_one is not None, "torchrun started no worker with LOCAL_RANK 1 within 120 s"
     stop_with(rank_one, tmp_path / "two_stopped" / "train_log.jsonl", [signal.SIGTERM])
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0
